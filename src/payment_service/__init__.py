@@ -1,0 +1,10 @@
+"""Payment Service for ride-hailing platforms."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("payment-service")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0"
+
+SERVICE_NAME = "payment-service"

@@ -1,0 +1,26 @@
+"""ORM models; importing this package registers every table on `Base.metadata`."""
+
+from payment_service.models.base import Base
+from payment_service.models.enums import (
+    IdempotencyState,
+    OutboxStatus,
+    PaymentMethod,
+    PaymentStatus,
+)
+from payment_service.models.idempotency import IdempotencyKey
+from payment_service.models.outbox import OutboxMessage
+from payment_service.models.payment import Payment, PaymentEvent, Receipt, Refund
+
+__all__ = [
+    "Base",
+    "IdempotencyKey",
+    "IdempotencyState",
+    "OutboxMessage",
+    "OutboxStatus",
+    "Payment",
+    "PaymentEvent",
+    "PaymentMethod",
+    "PaymentStatus",
+    "Receipt",
+    "Refund",
+]

@@ -1,0 +1,123 @@
+"""Payments, their refunds, receipts and the append-only event log.
+
+Database-enforced rules live here:
+- `uq_payments_live_trip`: a trip has at most one payment that is not FAILED;
+- `ck_payments_refund_within_amount`: refunds can never sum past the amount;
+- CHECKs on method, status and non-negative money;
+- `payment_events` rejects UPDATE/DELETE through a trigger (see the migration).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Numeric,
+    String,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from payment_service.models.base import Base, created_at_column
+from payment_service.models.enums import PaymentMethod, PaymentStatus, sql_in
+
+Money = Numeric(12, 2, asdecimal=True)
+
+
+class Payment(Base):
+    __tablename__ = "payments"
+    __table_args__ = (
+        CheckConstraint("amount >= 0", name="amount_non_negative"),
+        CheckConstraint(
+            "refunded_amount >= 0 AND refunded_amount <= amount", name="refund_within_amount"
+        ),
+        CheckConstraint(f"method IN ({sql_in(PaymentMethod)})", name="method_valid"),
+        CheckConstraint(f"status IN ({sql_in(PaymentStatus)})", name="status_valid"),
+        Index(
+            "uq_payments_live_trip",
+            "trip_id",
+            unique=True,
+            postgresql_where=text("status <> 'FAILED'"),
+        ),
+        Index("ix_payments_created_at_id", text("created_at DESC"), text("id DESC")),
+        Index("ix_payments_trip_id", "trip_id"),
+        Index("ix_payments_status", "status"),
+        Index("ix_payments_rider_id", "rider_id"),
+        Index("ix_payments_driver_id", "driver_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    trip_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    rider_id: Mapped[int | None] = mapped_column(BigInteger)
+    driver_id: Mapped[int | None] = mapped_column(BigInteger)
+    amount: Mapped[Decimal] = mapped_column(Money, nullable=False)
+    currency: Mapped[str] = mapped_column(String(3), nullable=False, server_default="INR")
+    method: Mapped[str] = mapped_column(String(16), nullable=False)
+    status: Mapped[str] = mapped_column(String(24), nullable=False)
+    refunded_amount: Mapped[Decimal] = mapped_column(Money, nullable=False, server_default="0")
+    reference: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    gateway_reference: Mapped[str | None] = mapped_column(String(64))
+    failure_reason: Mapped[str | None] = mapped_column(Text)
+    metadata_: Mapped[dict[str, Any]] = mapped_column(
+        "metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    created_at: Mapped[datetime] = created_at_column()
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+
+class Refund(Base):
+    __tablename__ = "refunds"
+    __table_args__ = (CheckConstraint("amount > 0", name="amount_positive"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    payment_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("payments.id"), nullable=False, index=True
+    )
+    amount: Mapped[Decimal] = mapped_column(Money, nullable=False)
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = created_at_column()
+
+
+class Receipt(Base):
+    """Issued once per payment so its number never changes between requests."""
+
+    __tablename__ = "receipts"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    payment_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("payments.id"), nullable=False, unique=True
+    )
+    receipt_number: Mapped[str] = mapped_column(String(32), nullable=False, unique=True)
+    issued_at: Mapped[datetime] = created_at_column()
+
+
+class PaymentEvent(Base):
+    """Append-only history of every state change of a payment."""
+
+    __tablename__ = "payment_events"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    payment_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("payments.id"), nullable=False, index=True
+    )
+    event_type: Mapped[str] = mapped_column(String(32), nullable=False)
+    from_status: Mapped[str | None] = mapped_column(String(24))
+    to_status: Mapped[str] = mapped_column(String(24), nullable=False)
+    amount: Mapped[Decimal | None] = mapped_column(Money)
+    data: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    created_at: Mapped[datetime] = created_at_column()

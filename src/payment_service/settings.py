@@ -1,0 +1,151 @@
+"""Configuration from the environment and `.env`, validated once at start-up.
+
+The seed service's variable names (`DB_HOST`, `DB_PASS`, `SERVICE_PORT`, ...) keep
+working; `DATABASE_URL` wins when set. Every field's environment name is its
+upper-case name, with no prefix, so deploy files can be checked against this class.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+class ConfigurationError(Exception):
+    """Invalid configuration, reported as one line instead of a traceback."""
+
+
+class Settings(BaseSettings):
+    """All settings of the service; see `.env.example` for what each one does."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # Database: DATABASE_URL, else the DB_* parts, else an embedded PostgreSQL.
+    database_url: SecretStr | None = None
+    db_host: str | None = None
+    db_port: int = Field(5433, ge=1, le=65535)
+    db_name: str | None = None
+    db_user: str | None = None
+    db_pass: SecretStr | None = None
+    db_pool_size: int = Field(10, ge=1, le=200)
+    db_max_overflow: int = Field(10, ge=0, le=200)
+    db_pool_timeout_seconds: float = Field(10.0, gt=0)
+    db_connect_timeout_seconds: float = Field(5.0, gt=0)
+    embedded_pg_dir: Path = Path(".data/postgres")
+
+    # HTTP server.
+    service_host: str = "0.0.0.0"
+    service_port: int = Field(8082, ge=1, le=65535)
+    web_concurrency: int = Field(1, ge=1, le=64)
+    log_level: LogLevel = "INFO"
+    access_log: bool = True
+    rate_limit_enabled: bool = True
+    rate_limit_per_minute: int = Field(600, ge=1)
+
+    # Peers.
+    trip_service_url: str = "http://localhost:8081"
+    notification_service_url: str = "http://localhost:8084"
+    rider_service_url: str = "http://localhost:8083"
+    driver_service_url: str = "http://localhost:8085"
+    trip_service_timeout_seconds: float = Field(2.0, gt=0)
+    trip_service_retries: int = Field(2, ge=0, le=10)
+    notification_timeout_seconds: float = Field(5.0, gt=0)
+
+    # Money.
+    currency: str = Field("INR", min_length=3, max_length=3)
+    base_fare: Decimal = Field(Decimal("5.00"), ge=0)
+    rate_per_km: Decimal = Field(Decimal("2.50"), ge=0)
+    gateway_decline_rate: float = Field(0.0, ge=0, le=1)
+    gateway_pending_rate: float = Field(0.0, ge=0, le=1)
+
+    # Idempotency.
+    idempotency_ttl_hours: int = Field(24, ge=1)
+    idempotency_lease_seconds: float = Field(30.0, gt=0)
+    idempotency_wait_seconds: float = Field(5.0, ge=0)
+
+    # Outbox dispatcher.
+    outbox_enabled: bool = True
+    outbox_max_attempts: int = Field(10, ge=1)
+    outbox_poll_interval_seconds: float = Field(1.0, gt=0)
+    outbox_batch_size: int = Field(50, ge=1, le=1000)
+    outbox_backoff_base_seconds: float = Field(1.0, gt=0)
+    outbox_backoff_max_seconds: float = Field(300.0, gt=0)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator(
+        "trip_service_url", "notification_service_url", "rider_service_url", "driver_service_url"
+    )
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http(s) URL, got {value!r}")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_database(self) -> Settings:
+        if self.gateway_decline_rate + self.gateway_pending_rate > 1:
+            raise ValueError("GATEWAY_DECLINE_RATE + GATEWAY_PENDING_RATE must not exceed 1")
+        if self.database_url is not None:
+            _parse_database_url(self.database_url.get_secret_value())
+        return self
+
+    @property
+    def uses_embedded_database(self) -> bool:
+        """True when nothing names a database, so `serve`/`dev` start an embedded one."""
+        return self.database_url is None and not any(
+            (self.db_host, self.db_name, self.db_user, self.db_pass)
+        )
+
+    @cached_property
+    def configured_database_url(self) -> URL | None:
+        """The asyncpg URL from DATABASE_URL or DB_*, or None for the embedded database."""
+        if self.database_url is not None:
+            return _parse_database_url(self.database_url.get_secret_value())
+        if self.uses_embedded_database:
+            return None
+        return URL.create(
+            "postgresql+asyncpg",
+            username=self.db_user or "postgres",
+            password=self.db_pass.get_secret_value() if self.db_pass else None,
+            host=self.db_host or "localhost",
+            port=self.db_port,
+            database=self.db_name or "payment_db",
+        )
+
+
+def _parse_database_url(raw: str) -> URL:
+    """Accept postgres:// and postgresql:// URLs and pin the asyncpg driver."""
+    try:
+        url = make_url(raw)
+    except ArgumentError as exc:
+        raise ValueError("DATABASE_URL is not a valid database URL") from exc
+    if url.get_backend_name() not in {"postgresql", "postgres"}:
+        raise ValueError(f"DATABASE_URL must be a PostgreSQL URL, got {url.drivername!r}")
+    return url.set(drivername="postgresql+asyncpg")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build Settings, turning validation errors into one readable ConfigurationError."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = ".".join(str(part) for part in error["loc"]).upper() or "settings"
+            problems.append(f"{name}: {error['msg']}")
+        raise ConfigurationError("invalid configuration: " + "; ".join(problems)) from None
