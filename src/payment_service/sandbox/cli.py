@@ -1,0 +1,94 @@
+"""`payment-service sandbox`: the Trip and Notification stand-ins on their own.
+
+The project's CLI registers it with `app.command("sandbox")(sandbox)`.
+"""
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from payment_service.sandbox.faults import (
+    DEFAULT_DELAY_SECONDS,
+    DEFAULT_FAIL_STATUS,
+    DEFAULT_FLAKY_COUNT,
+    FaultMode,
+)
+from payment_service.sandbox.runner import SandboxConfig, SandboxError, run_sandbox
+
+
+def sandbox(
+    host: Annotated[str, typer.Option(help="Interface every sandbox server binds to.")] = (
+        "127.0.0.1"
+    ),
+    trip_port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Trip service port (0: any free port).")
+    ] = 8081,
+    notification_port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Notification service port (0: any free port).")
+    ] = 8084,
+    control_port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Fault control API port (0: any free port).")
+    ] = 8085,
+    trips_file: Annotated[
+        Path | None,
+        typer.Option(
+            dir_okay=False,
+            help="Trips CSV to serve [default: seeds/rhfd_trips.csv of the project].",
+            show_default=False,
+        ),
+    ] = None,
+    trip_mode: Annotated[
+        FaultMode, typer.Option(case_sensitive=False, help="Fault of the Trip service at start.")
+    ] = FaultMode.NORMAL,
+    notification_mode: Annotated[
+        FaultMode,
+        typer.Option(case_sensitive=False, help="Fault of the Notification service at start."),
+    ] = FaultMode.NORMAL,
+    delay: Annotated[
+        float, typer.Option(min=0, help="Seconds a slow peer waits before answering.")
+    ] = DEFAULT_DELAY_SECONDS,
+    fail_status: Annotated[
+        int, typer.Option(min=400, max=599, help="Status a failing or flaky peer answers.")
+    ] = DEFAULT_FAIL_STATUS,
+    flaky_count: Annotated[
+        int, typer.Option(min=1, help="Requests a flaky peer fails before it recovers.")
+    ] = DEFAULT_FLAKY_COUNT,
+    notifications_file: Annotated[
+        Path | None,
+        typer.Option(dir_okay=False, help="Also keep received notifications in this JSONL file."),
+    ] = None,
+) -> None:
+    """Run sandbox Trip and Notification services, with fault injection, until Ctrl+C.
+
+    The Trip service serves the trips CSV (and synthesises COMPLETED trips for any
+    id from 1000000 up); the Notification service records every delivery. Change
+    faults at runtime with the control API, e.g.
+    curl -X PUT localhost:8085/trip/faults -d '{"mode": "down"}' (then "up");
+    modes: normal, slow, fail, flaky, down.
+    """
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        config = SandboxConfig(
+            host=host,
+            trip_port=trip_port,
+            notification_port=notification_port,
+            control_port=control_port,
+            notifications_file=notifications_file,
+            trip_mode=trip_mode,
+            notification_mode=notification_mode,
+            delay_seconds=delay,
+            fail_status=fail_status,
+            flaky_count=flaky_count,
+        )
+        if trips_file is not None:
+            config.trips_file = trips_file
+        asyncio.run(run_sandbox(config))
+    except SandboxError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,71 @@
+"""Sandbox control server: takes peers down and back up, and sets their faults.
+
+It lives on its own port (8085 by default) because a peer that is down cannot
+take the request that brings it back. Endpoints (see `faults` for the bodies):
+
+    GET  /                 every peer: url, listening, fault
+    GET  /{peer}/faults    one peer; {peer} is `trip` or `notification`
+    PUT  /{peer}/faults    {"mode": "down" | "up" | "normal" | "slow" | "fail" | "flaky", ...}
+    POST /reset            every peer up and normal, runtime trips dropped, counters cleared
+    GET  /health           {"status": "UP"}
+"""
+
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI
+
+from payment_service.sandbox.faults import FaultUpdate
+
+if TYPE_CHECKING:
+    from payment_service.sandbox.runner import Sandbox
+
+
+class Peer(StrEnum):
+    """The services the sandbox stands in for."""
+
+    TRIP = "trip"
+    NOTIFICATION = "notification"
+
+
+def create_control_app(sandbox: "Sandbox") -> FastAPI:
+    """The control API over one running `Sandbox`."""
+    app = FastAPI(
+        title="Sandbox control",
+        summary="Fault injection for the sandbox Trip and Notification services.",
+        version="1.0.0",
+    )
+
+    @app.get("/")
+    async def status() -> dict[str, Any]:
+        """Where each peer listens, whether it does, and its fault."""
+        return sandbox.status()
+
+    @app.get("/{peer}/faults")
+    async def get_faults(peer: Peer) -> dict[str, Any]:
+        """One peer's state."""
+        return sandbox.peer_status(peer)
+
+    @app.put("/{peer}/faults")
+    async def put_faults(peer: Peer, update: FaultUpdate) -> dict[str, Any]:
+        """Set a peer's fault; `down` closes its port and any other mode opens it again."""
+        return await sandbox.set_fault(
+            peer,
+            update.mode,
+            delay_seconds=update.delay_seconds,
+            status_code=update.status_code,
+            count=update.count,
+        )
+
+    @app.post("/reset")
+    async def reset() -> dict[str, Any]:
+        """Everything back to the start-up state, e.g. between manual experiments."""
+        await sandbox.reset()
+        return sandbox.status()
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        """Liveness for scripts waiting on the sandbox."""
+        return {"status": "UP"}
+
+    return app

@@ -1,0 +1,445 @@
+"""Run the sandbox peers as uvicorn servers inside the current event loop.
+
+`payment-service sandbox` runs them alone (`run_sandbox`); `payment-service dev`
+and the end-to-end tests start them beside the API in one process:
+
+    sandbox = build_sandbox(SandboxConfig(trip_port=0, notification_port=0, control_port=0))
+    async with sandbox:                      # or: await sandbox.start() ... await sandbox.stop()
+        settings.trip_service_url = sandbox.trip_url
+        await sandbox.set_fault("trip", "down")   # port closed: connection refused
+        await sandbox.set_fault("trip", "up")     # listening again on the same port
+
+Port 0 picks a free port; the chosen one is kept across down/up. The servers
+never install signal handlers, so they share the loop with another uvicorn.
+"""
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from signal import SIGINT, SIGTERM
+from types import TracebackType
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from payment_service.sandbox.control import Peer, create_control_app
+from payment_service.sandbox.faults import (
+    DEFAULT_DELAY_SECONDS,
+    DEFAULT_FAIL_STATUS,
+    DEFAULT_FLAKY_COUNT,
+    FaultMode,
+    FaultSwitch,
+)
+from payment_service.sandbox.notifications import NotificationSink, create_notification_app
+from payment_service.sandbox.trips import TripFileError, TripStore, create_trip_app
+
+logger = logging.getLogger("payment_service.sandbox")
+
+TRIPS_FILE = Path("seeds") / "rhfd_trips.csv"
+_START_POLL_SECONDS = 0.005
+_GRACEFUL_SHUTDOWN_SECONDS = 2.0
+
+
+class SandboxError(RuntimeError):
+    """The sandbox cannot be built or started; the message is one line fit for the CLI."""
+
+
+def default_trips_file() -> Path:
+    """`seeds/rhfd_trips.csv` under the working directory, else under this source checkout."""
+    candidates = (Path.cwd() / TRIPS_FILE, Path(__file__).resolve().parents[3] / TRIPS_FILE)
+    return next((path for path in candidates if path.is_file()), candidates[0])
+
+
+@dataclass
+class SandboxConfig:
+    """Where the peers listen, what they serve and how they misbehave at start.
+
+    `trips_file=None` serves no file (only synthesised and PUT trips). `log_level`
+    is handed to uvicorn, which applies it to the process-wide `uvicorn.*` loggers;
+    pass None to leave logging exactly as the host process configured it.
+    """
+
+    host: str = "127.0.0.1"
+    trip_port: int = 8081
+    notification_port: int = 8084
+    control_port: int = 8085
+    trips_file: Path | None = field(default_factory=default_trips_file)
+    notifications_file: Path | None = None
+    trip_mode: FaultMode = FaultMode.NORMAL
+    notification_mode: FaultMode = FaultMode.NORMAL
+    delay_seconds: float = DEFAULT_DELAY_SECONDS
+    fail_status: int = DEFAULT_FAIL_STATUS
+    flaky_count: int = DEFAULT_FLAKY_COUNT
+    log_level: str | None = "warning"
+
+    def __post_init__(self) -> None:
+        """Coerce CLI-ish values and reject impossible ones before anything binds."""
+        self.trip_mode = FaultMode(self.trip_mode)
+        self.notification_mode = FaultMode(self.notification_mode)
+        if self.trips_file is not None:
+            self.trips_file = Path(self.trips_file)
+        if self.notifications_file is not None:
+            self.notifications_file = Path(self.notifications_file)
+        for name in ("trip_port", "notification_port", "control_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise SandboxError(f"{name} must be 0..65535, got {port}")
+        if self.delay_seconds < 0:
+            raise SandboxError(f"delay must be >= 0 seconds, got {self.delay_seconds}")
+        if not 400 <= self.fail_status <= 599:
+            raise SandboxError(f"fail status must be 400..599, got {self.fail_status}")
+        if self.flaky_count < 1:
+            raise SandboxError(f"flaky count must be >= 1, got {self.flaky_count}")
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """A uvicorn server that leaves signals to its host, so several can share one loop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Install nothing: `run_sandbox` or the host process owns SIGINT/SIGTERM."""
+        yield
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Bind the listening socket ourselves: errors become exceptions, not uvicorn's sys.exit."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        # Lets "up" rebind at once although the "down" connections linger in TIME_WAIT.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class PeerServer:
+    """One sandbox HTTP server that can stop listening and listen again on the same port."""
+
+    def __init__(
+        self,
+        name: str,
+        app: FastAPI,
+        host: str,
+        port: int,
+        *,
+        faults: FaultSwitch | None = None,
+        log_level: str | None = "warning",
+    ) -> None:
+        self.name = name
+        self.app = app
+        self.host = host
+        self.port = port
+        self.faults = faults
+        self.log_level = log_level
+        self._server: _EmbeddedServer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def listening(self) -> bool:
+        """Whether the port accepts connections."""
+        return self._task is not None
+
+    @property
+    def url(self) -> str:
+        """Base URL of this server (the bound port once started, even when configured as 0)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> None:
+        """Listen and serve; a no-op when already listening."""
+        async with self._lock:
+            if self._task is not None:
+                return
+            try:
+                sock = _bind(self.host, self.port)
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                raise SandboxError(
+                    f"sandbox {self.name} service cannot listen on {self.host}:{self.port}: "
+                    f"{reason}"
+                ) from exc
+            self.port = sock.getsockname()[1]
+            config = uvicorn.Config(
+                self.app,
+                host=self.host,
+                port=self.port,
+                log_level=self.log_level,
+                log_config=None,
+                lifespan="on",
+                ws="none",
+                timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
+            )
+            server = _EmbeddedServer(config)
+            task = asyncio.create_task(self._serve(server, sock), name=f"sandbox-{self.name}")
+            while not server.started:
+                if task.done():
+                    sock.close()
+                    await task
+                    raise SandboxError(f"sandbox {self.name} service stopped while starting")
+                await asyncio.sleep(_START_POLL_SECONDS)
+            self._server, self._task = server, task
+
+    async def _serve(self, server: _EmbeddedServer, sock: socket.socket) -> None:
+        """Run uvicorn on our socket, turning its startup `sys.exit` into an exception."""
+        try:
+            await server.serve(sockets=[sock])
+        except SystemExit as exc:
+            raise SandboxError(f"sandbox {self.name} service failed to start") from exc
+
+    async def stop(self, *, abrupt: bool = False) -> None:
+        """Stop serving and free the port; `abrupt` drops open connections now, like a crash."""
+        async with self._lock:
+            server, task = self._server, self._task
+            if server is None or task is None:
+                return
+            self._server = self._task = None
+            server.should_exit = True
+            if self.faults is not None:
+                self.faults.interrupt()
+            if abrupt:
+                self._close_now(server)
+            try:
+                await asyncio.wait_for(asyncio.shield(task), _GRACEFUL_SHUTDOWN_SECONDS + 1)
+            except TimeoutError:
+                server.force_exit = True
+                self._close_now(server)
+                await task
+
+    @staticmethod
+    def _close_now(server: _EmbeddedServer) -> None:
+        """Refuse new connections and cut the open ones without waiting for uvicorn's tick."""
+        for listener in getattr(server, "servers", ()):
+            listener.close()
+        for connection in list(server.server_state.connections):
+            connection.transport.close()
+
+
+class Sandbox:
+    """The Trip and Notification stand-ins and their control server, in the current event loop."""
+
+    def __init__(
+        self,
+        config: SandboxConfig,
+        *,
+        trips: TripStore,
+        notifications: NotificationSink,
+        trip_faults: FaultSwitch,
+        notification_faults: FaultSwitch,
+    ) -> None:
+        self.config = config
+        self.trips = trips
+        self.notifications = notifications
+        self.trip_faults = trip_faults
+        self.notification_faults = notification_faults
+        self.faults: dict[Peer, FaultSwitch] = {
+            Peer.TRIP: trip_faults,
+            Peer.NOTIFICATION: notification_faults,
+        }
+        self.servers: dict[Peer, PeerServer] = {
+            Peer.TRIP: PeerServer(
+                "trip",
+                create_trip_app(trips, trip_faults),
+                config.host,
+                config.trip_port,
+                faults=trip_faults,
+                log_level=config.log_level,
+            ),
+            Peer.NOTIFICATION: PeerServer(
+                "notification",
+                create_notification_app(notifications, notification_faults),
+                config.host,
+                config.notification_port,
+                faults=notification_faults,
+                log_level=config.log_level,
+            ),
+        }
+        self.control = PeerServer(
+            "control",
+            create_control_app(self),
+            config.host,
+            config.control_port,
+            log_level=config.log_level,
+        )
+
+    @property
+    def trip_url(self) -> str:
+        """Value for TRIP_SERVICE_URL."""
+        return self.servers[Peer.TRIP].url
+
+    @property
+    def notification_url(self) -> str:
+        """Value for NOTIFICATION_SERVICE_URL."""
+        return self.servers[Peer.NOTIFICATION].url
+
+    @property
+    def control_url(self) -> str:
+        """Base URL of the control API."""
+        return self.control.url
+
+    async def start(self) -> None:
+        """Listen on every port (a peer whose mode is `down` stays closed), then log where."""
+        try:
+            await self.control.start()
+            for peer, server in self.servers.items():
+                if self.faults[peer].mode is not FaultMode.DOWN:
+                    await server.start()
+        except BaseException:
+            await self.stop()
+            raise
+        logger.info("%s", self.describe())
+
+    async def stop(self) -> None:
+        """Stop every server; when this returns, all ports are free."""
+        servers = (*self.servers.values(), self.control)
+        await asyncio.gather(*(server.stop() for server in servers))
+
+    async def __aenter__(self) -> "Sandbox":
+        """Start on entry."""
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Stop on exit, whatever happened."""
+        await self.stop()
+
+    async def set_fault(
+        self,
+        peer: Peer | str,
+        mode: FaultMode | str,
+        *,
+        delay_seconds: float | None = None,
+        status_code: int | None = None,
+        count: int | None = None,
+    ) -> dict[str, Any]:
+        """Give a peer a fault; `down` closes its port, `up` (or any other mode) opens it again."""
+        peer = Peer(peer)
+        switch, server = self.faults[peer], self.servers[peer]
+        if mode == FaultMode.DOWN:
+            await server.stop(abrupt=True)
+            switch.set(FaultMode.DOWN, delay_seconds=delay_seconds, status_code=status_code)
+        else:
+            switch.set(
+                FaultMode.NORMAL if mode == "up" else mode,
+                delay_seconds=delay_seconds,
+                status_code=status_code,
+                count=count,
+            )
+            await server.start()
+        return self.peer_status(peer)
+
+    async def down(self, peer: Peer | str) -> None:
+        """Close a peer's port: its clients get connection refused."""
+        await self.set_fault(peer, FaultMode.DOWN)
+
+    async def up(self, peer: Peer | str) -> None:
+        """Open a peer's port again, in normal mode."""
+        await self.set_fault(peer, "up")
+
+    async def reset(self) -> None:
+        """Every peer up and normal, runtime trips dropped, counters and notifications cleared."""
+        for peer, switch in self.faults.items():
+            switch.reset()
+            await self.servers[peer].start()
+        self.trips.reset()
+        self.notifications.clear()
+
+    def peer_status(self, peer: Peer | str) -> dict[str, Any]:
+        """One peer's URL, whether it listens, and its fault."""
+        peer = Peer(peer)
+        server = self.servers[peer]
+        return {
+            "url": server.url,
+            "listening": server.listening,
+            "fault": self.faults[peer].snapshot(),
+        }
+
+    def status(self) -> dict[str, Any]:
+        """Every peer's state plus where the control API is."""
+        answer: dict[str, Any] = {peer.value: self.peer_status(peer) for peer in Peer}
+        answer["control"] = {"url": self.control_url, "listening": self.control.listening}
+        return answer
+
+    def describe(self) -> str:
+        """One line saying where each peer listens, for the log."""
+        parts = []
+        for peer, label in ((Peer.TRIP, "Trip"), (Peer.NOTIFICATION, "Notification")):
+            server = self.servers[peer]
+            where = server.url if server.listening else f"DOWN (port {server.port})"
+            mode = self.faults[peer].mode
+            suffix = "" if mode is FaultMode.NORMAL else f" [{mode}]"
+            parts.append(f"{label} service {where}{suffix}")
+        source = self.trips.source or "no file"
+        return (
+            f"sandbox: {parts[0]} ({len(self.trips)} trips from {source}), {parts[1]}, "
+            f"control {self.control_url}"
+        )
+
+
+def build_sandbox(config: SandboxConfig) -> Sandbox:
+    """Load the trips and wire the peers; nothing listens until `start()`."""
+    trips_file = config.trips_file
+    if trips_file is not None and not trips_file.is_file():
+        raise SandboxError(
+            f"trips file {trips_file} not found (run from the project directory or pass "
+            "--trips-file)"
+        )
+    try:
+        trips = TripStore.from_csv(trips_file) if trips_file is not None else TripStore()
+        notifications = NotificationSink(config.notifications_file)
+    except (TripFileError, OSError, ValueError) as exc:
+        raise SandboxError(str(exc)) from exc
+
+    def switch(mode: FaultMode) -> FaultSwitch:
+        """A fault switch with the configured defaults."""
+        return FaultSwitch(
+            mode,
+            delay_seconds=config.delay_seconds,
+            status_code=config.fail_status,
+            count=config.flaky_count,
+        )
+
+    return Sandbox(
+        config,
+        trips=trips,
+        notifications=notifications,
+        trip_faults=switch(config.trip_mode),
+        notification_faults=switch(config.notification_mode),
+    )
+
+
+async def run_sandbox(config: SandboxConfig, *, handle_signals: bool = True) -> None:
+    """Serve until cancelled, SIGINT or SIGTERM, then free every port."""
+    sandbox = build_sandbox(config)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed: list[int] = []
+    if handle_signals:
+        for signum in (SIGINT, SIGTERM):
+            try:
+                loop.add_signal_handler(signum, stopping.set)
+            except (NotImplementedError, RuntimeError, ValueError):
+                continue  # not the main thread, or no signal support: rely on cancellation
+            installed.append(signum)
+    try:
+        async with sandbox:
+            await stopping.wait()
+        logger.info("sandbox stopped")
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
