@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from payment_service.jsonutil import dumps, loads
 from payment_service.settings import Settings
 
 SessionFactory = async_sessionmaker[AsyncSession]
@@ -36,6 +37,8 @@ def create_engine(settings: Settings, url: URL) -> AsyncEngine:
         pool_timeout=settings.db_pool_timeout_seconds,
         pool_pre_ping=False,
         pool_recycle=1800,
+        json_serializer=lambda value: dumps(value).decode("utf-8"),
+        json_deserializer=loads,
         connect_args={
             "timeout": settings.db_connect_timeout_seconds,
             "server_settings": {"application_name": "payment-service"},

@@ -1,0 +1,1 @@
+"""HTTP routers: thin; they validate, call a service, and shape the answer."""

@@ -1,0 +1,58 @@
+"""Health endpoints: the seed's /health, plus liveness and readiness for orchestrators."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from fastapi import APIRouter, Request
+
+from payment_service import SERVICE_NAME, __version__
+from payment_service.errors import problem_responses
+from payment_service.jsonutil import MoneyJSONResponse
+from payment_service.schemas.health import Health, Readiness
+from payment_service.services.health import database_is_up, expected_revision, schema_revision
+
+router = APIRouter(tags=["health"])
+
+
+@router.get(
+    "/health",
+    response_model=Health,
+    summary="Service and database health (seed API)",
+    responses={503: {"model": Health, "description": "The database is unreachable"}},
+)
+async def health(request: Request) -> MoneyJSONResponse:
+    up = await database_is_up(request.app.state.engine)
+    body = {
+        "service": SERVICE_NAME,
+        "version": __version__,
+        "status": "UP" if up else "DOWN",
+        "database_status": "UP" if up else "DOWN",
+        "timestamp": datetime.now(UTC),
+    }
+    return MoneyJSONResponse(body, status_code=200 if up else 503)
+
+
+@router.get("/health/live", summary="Liveness: the process answers")
+async def live() -> dict[str, str]:
+    return {"status": "UP"}
+
+
+@router.get(
+    "/health/ready",
+    response_model=Readiness,
+    summary="Readiness: database reachable and schema at the Alembic head",
+    responses={503: {"model": Readiness, "description": "Not ready"}, **problem_responses(500)},
+)
+async def ready(request: Request) -> MoneyJSONResponse:
+    revision = await schema_revision(request.app.state.engine)
+    head = expected_revision()
+    up = revision is not None or await database_is_up(request.app.state.engine)
+    is_ready = up and revision is not None and (head is None or revision == head)
+    body = {
+        "status": "UP" if is_ready else "DOWN",
+        "database_status": "UP" if up else "DOWN",
+        "schema_revision": revision,
+        "expected_revision": head,
+    }
+    return MoneyJSONResponse(body, status_code=200 if is_ready else 503)

@@ -1,0 +1,60 @@
+"""Payment endpoints (seed API paths under /v1/payments)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+
+from payment_service.api.routing import MoneyRoute
+from payment_service.dependencies import SessionDep
+from payment_service.errors import problem_responses
+from payment_service.jsonutil import MoneyJSONResponse
+from payment_service.repositories.payment import PaymentQuery
+from payment_service.schemas.payment import PaymentFilters, PaymentList, PaymentRead, payment_dict
+from payment_service.services import payments as payment_service
+
+router = APIRouter(prefix="/v1/payments", tags=["payments"], route_class=MoneyRoute)
+
+PaymentId = Annotated[int, Path(gt=0, le=2**63 - 1, description="Payment id")]
+
+
+@router.get(
+    "",
+    response_model=PaymentList,
+    summary="List payments, newest first",
+    responses=problem_responses(422, 500),
+)
+async def list_payments(
+    session: SessionDep, filters: Annotated[PaymentFilters, Query()]
+) -> MoneyJSONResponse:
+    query = PaymentQuery(
+        trip_id=filters.trip_id,
+        status=filters.status.value if filters.status else None,
+        method=filters.method.value if filters.method else None,
+        rider_id=filters.rider_id,
+        driver_id=filters.driver_id,
+        limit=filters.limit,
+        offset=filters.offset,
+    )
+    rows, total = await payment_service.list_payments(session, query)
+    return MoneyJSONResponse(
+        {
+            "payments": [payment_dict(row) for row in rows],
+            "count": len(rows),
+            "total": total,
+            "limit": filters.limit,
+            "offset": filters.offset,
+        }
+    )
+
+
+@router.get(
+    "/{payment_id}",
+    response_model=PaymentRead,
+    summary="Get one payment",
+    responses=problem_responses(404, 422, 500),
+)
+async def get_payment(session: SessionDep, payment_id: PaymentId) -> MoneyJSONResponse:
+    payment = await payment_service.get_payment(session, payment_id)
+    return MoneyJSONResponse(payment_dict(payment))

@@ -1,0 +1,74 @@
+"""Refund endpoints: POST /v1/payments/{id}/refund and GET /v1/payments/{id}/refunds."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header
+from starlette.responses import Response
+
+from payment_service.api.payments import PaymentId
+from payment_service.api.routing import MoneyRoute
+from payment_service.dependencies import SessionDep, SettingsDep
+from payment_service.errors import problem_responses
+from payment_service.jsonutil import MoneyJSONResponse
+from payment_service.schemas.refund import RefundList, RefundRequest, RefundResponse
+from payment_service.services import refunds as refund_service
+from payment_service.services.idempotency import REPLAY_HEADER, resolve_key
+
+router = APIRouter(prefix="/v1/payments", tags=["refunds"], route_class=MoneyRoute)
+
+
+@router.post(
+    "/{payment_id}/refund",
+    response_model=RefundResponse,
+    summary="Refund a payment in part or in full (idempotent)",
+    description=(
+        "Without `amount`, refunds all that remains. Only SUCCESS and PARTIALLY_REFUNDED "
+        "payments are refundable (else 409); an amount over what remains is a 422."
+    ),
+    responses=problem_responses(400, 404, 409, 422, 429, 500),
+)
+async def refund(
+    payment_id: PaymentId,
+    session: SessionDep,
+    settings: SettingsDep,
+    body: RefundRequest | None = None,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> Response:
+    body = body or RefundRequest()
+    key = resolve_key(body.idempotency_key, idempotency_key)
+    outcome = await refund_service.RefundService(settings).refund(session, payment_id, body, key)
+    headers = {REPLAY_HEADER: "true"} if outcome.replayed else None
+    return Response(
+        outcome.body, status_code=outcome.status_code, media_type="application/json",
+        headers=headers,
+    )
+
+
+@router.get(
+    "/{payment_id}/refunds",
+    response_model=RefundList,
+    summary="List a payment's refunds",
+    responses=problem_responses(404, 422, 500),
+)
+async def list_refunds(payment_id: PaymentId, session: SessionDep) -> MoneyJSONResponse:
+    payment, refunds = await refund_service.list_refunds(session, payment_id)
+    return MoneyJSONResponse(
+        {
+            "payment_id": payment.id,
+            "refunds": [
+                {
+                    "refund_id": r.id,
+                    "payment_id": r.payment_id,
+                    "amount": r.amount,
+                    "reason": r.reason,
+                    "created_at": r.created_at,
+                }
+                for r in refunds
+            ],
+            "count": len(refunds),
+            "total_refunded": payment.refunded_amount,
+            "remaining_refundable": payment.amount - payment.refunded_amount,
+        }
+    )

@@ -1,0 +1,90 @@
+"""Application factory and lifespan.
+
+The lifespan owns the engine, the session factory, the HTTP clients and the
+outbox dispatcher; requests borrow them through `dependencies.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from fastapi import FastAPI
+from prometheus_fastapi_instrumentator import Instrumentator
+
+from payment_service import __version__
+from payment_service.api import charges, health, payments, refunds
+from payment_service.api.docs import install_docs
+from payment_service.db import create_engine, create_session_factory
+from payment_service.errors import install_error_handlers
+from payment_service.jsonutil import MoneyJSONResponse
+from payment_service.observability import RequestIdMiddleware, init_metric_series
+from payment_service.ratelimit import RateLimitMiddleware
+from payment_service.settings import ConfigurationError, Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Charges riders exactly once per trip however often the call is retried,
+refunds without ever refunding too much, issues receipts and notifies the
+Notification service through an outbox. Errors are RFC 9457 problem details."""
+
+
+def create_app(settings: Settings | None = None, *, run_dispatcher: bool | None = None) -> FastAPI:
+    """Build the app; `run_dispatcher=None` follows OUTBOX_ENABLED."""
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        url = settings.configured_database_url
+        if url is None:
+            raise ConfigurationError(
+                "no database configured: set DATABASE_URL (or DB_HOST/DB_NAME/DB_USER/DB_PASS),"
+                " or use `payment-service serve`/`dev`, which start an embedded PostgreSQL"
+            )
+        async with AsyncExitStack() as stack:
+            engine = create_engine(settings, url)
+            stack.push_async_callback(engine.dispose)
+            app.state.engine = engine
+            app.state.session_factory = create_session_factory(engine)
+            from payment_service.clients.gateway import SimulatedGateway
+            from payment_service.clients.trip import TripClient
+
+            app.state.trip_client = await stack.enter_async_context(TripClient(settings))
+            app.state.gateway = SimulatedGateway(settings)
+            dispatch = settings.outbox_enabled if run_dispatcher is None else run_dispatcher
+            if dispatch:
+                from payment_service.worker.dispatcher import OutboxDispatcher
+
+                dispatcher = OutboxDispatcher(settings, app.state.session_factory)
+                await stack.enter_async_context(dispatcher.running())
+            log.info("payment service started", extra={"version": __version__})
+            yield
+        log.info("payment service stopped")
+
+    app = FastAPI(
+        title="Payment Service",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        default_response_class=MoneyJSONResponse,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    install_docs(app)
+    for module in (health, payments, charges, refunds):
+        app.include_router(module.router)
+
+    init_metric_series()
+    Instrumentator(
+        should_group_status_codes=True,
+        should_ignore_untemplated=True,
+        excluded_handlers=["/metrics", "/static/.*"],
+    ).instrument(app).expose(app, include_in_schema=False, should_gzip=False)
+
+    if settings.rate_limit_enabled:
+        app.add_middleware(RateLimitMiddleware, per_minute=settings.rate_limit_per_minute)
+    app.add_middleware(RequestIdMiddleware)
+    return app

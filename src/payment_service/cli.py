@@ -1,0 +1,285 @@
+"""The `payment-service` command line.
+
+Commands: serve, dev, migrate, seed, worker, purge-idempotency-keys, sandbox.
+
+Every command turns configuration and connection problems into one line on stderr
+and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from sqlalchemy import URL
+
+from payment_service.observability import configure_logging
+from payment_service.settings import ConfigurationError, Settings, load_settings
+
+log = logging.getLogger("payment_service.cli")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Payment Service: idempotent charges, refunds, receipts and notifications.",
+)
+T = TypeVar("T")
+
+EXIT_CONFIG = 2
+EXIT_DATABASE = 3
+
+
+class DatabaseUnavailableError(RuntimeError):
+    """The configured database does not answer."""
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        settings = load_settings()
+    except ConfigurationError as exc:
+        raise fail(str(exc), EXIT_CONFIG) from None
+    configure_logging(settings.log_level)
+    return settings
+
+
+def _describe(url: URL) -> str:
+    host = url.host or (url.query.get("host") if url.query else None) or "localhost"
+    return f"{host}:{url.port or 5432}/{url.database}"
+
+
+async def check_database(url: URL, timeout: float = 5.0, wait: float = 0.0) -> None:
+    """Connect once (retrying for `wait` seconds) or raise DatabaseUnavailableError."""
+    import asyncpg
+
+    from payment_service.db import to_asyncpg_url
+
+    plain = to_asyncpg_url(url).set(drivername="postgresql")
+    dsn = plain.render_as_string(hide_password=False)
+    deadline = asyncio.get_running_loop().time() + wait
+    while True:
+        try:
+            connection = await asyncpg.connect(dsn, timeout=timeout)
+            await connection.close()
+            return
+        except Exception as exc:
+            if asyncio.get_running_loop().time() >= deadline:
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise DatabaseUnavailableError(
+                    f"cannot reach the database at {_describe(url)}: {reason}"
+                ) from None
+            await asyncio.sleep(0.5)
+
+
+@contextlib.contextmanager
+def _database(settings: Settings) -> Iterator[URL]:
+    """Yield the configured database URL, or start the embedded one (and stop it after)."""
+    url = settings.configured_database_url
+    if url is not None:
+        yield url
+        return
+    from payment_service.embedded import EmbeddedPostgres, EmbeddedPostgresError
+
+    server = EmbeddedPostgres(settings.embedded_pg_dir)
+    try:
+        embedded_url = server.start()
+    except EmbeddedPostgresError as exc:
+        raise fail(str(exc), EXIT_DATABASE) from None
+    log.info(
+        "no database configured: using an embedded PostgreSQL",
+        extra={"data_dir": str(server.data_dir)},
+    )
+    try:
+        from sqlalchemy.engine import make_url
+
+        yield make_url(embedded_url)
+    finally:
+        server.stop()
+
+
+def _run(coro: Awaitable[T]) -> T:
+    try:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    except DatabaseUnavailableError as exc:
+        raise fail(str(exc), EXIT_DATABASE) from None
+
+
+async def _migrate(url: URL) -> None:
+    from payment_service.migrations import upgrade
+
+    await check_database(url)
+    await upgrade(url)
+
+
+async def _seed(settings: Settings, url: URL, path: Path) -> str:
+    from payment_service.db import create_engine, create_session_factory
+    from payment_service.services.seed import load_seed
+
+    await check_database(url)
+    engine = create_engine(settings, url)
+    try:
+        async with create_session_factory(engine)() as session, session.begin():
+            report = await load_seed(session, path)
+    finally:
+        await engine.dispose()
+    return (
+        f"seeded {path}: {report.rows} rows, {report.loaded} loaded, {report.skipped} skipped "
+        f"(already present); next payment id > {report.max_payment_id}"
+    )
+
+
+@app.command()
+def migrate() -> None:
+    """Apply Alembic migrations up to head."""
+    settings = _settings()
+    with _database(settings) as url:
+        _run(_migrate(url))
+    typer.echo("database schema is at head")
+
+
+@app.command()
+def seed(
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="CSV in the seed format")
+    ] = None,
+) -> None:
+    """Load payments from a CSV (default: seeds/rhfd_payments.csv); safe to run twice."""
+    from payment_service.services.seed import SeedFileError, default_seed_file
+
+    settings = _settings()
+    path = file or default_seed_file()
+    with _database(settings) as url:
+        try:
+            message = _run(_seed(settings, url, path))
+        except SeedFileError as exc:
+            raise fail(f"nothing loaded: {exc}", 1) from None
+    typer.echo(message)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (SERVICE_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (SERVICE_PORT)")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (WEB_CONCURRENCY)")] = None,
+) -> None:
+    """Run the API (and the outbox dispatcher unless OUTBOX_ENABLED=false)."""
+    import uvicorn
+
+    settings = _settings()
+    with _database(settings) as url:
+        if settings.uses_embedded_database:
+            _run(_migrate(url))
+            os.environ["DATABASE_URL"] = url.render_as_string(hide_password=False)
+        else:
+            _run(check_database(url, wait=10.0))
+        uvicorn.run(
+            "payment_service.app:create_app",
+            factory=True,
+            host=host or settings.service_host,
+            port=port or settings.service_port,
+            workers=workers or settings.web_concurrency,
+            log_config=None,
+            access_log=settings.access_log,
+            proxy_headers=True,
+            timeout_graceful_shutdown=10,
+        )
+
+
+@app.command()
+def worker() -> None:
+    """Run only the outbox dispatcher (deliver notifications) until stopped."""
+    from payment_service.worker.dispatcher import run_worker
+
+    settings = _settings()
+    with _database(settings) as url:
+        _run(check_database(url, wait=10.0))
+        asyncio.run(run_worker(settings, url))
+
+
+@app.command("purge-idempotency-keys")
+def purge_idempotency_keys() -> None:
+    """Delete idempotency keys older than IDEMPOTENCY_TTL_HOURS."""
+    from payment_service.services.idempotency import purge_expired
+
+    settings = _settings()
+
+    async def _purge(url: URL) -> int:
+        from payment_service.db import create_engine, create_session_factory
+
+        await check_database(url)
+        engine = create_engine(settings, url)
+        try:
+            async with create_session_factory(engine)() as session, session.begin():
+                return await purge_expired(session)
+        finally:
+            await engine.dispose()
+
+    with _database(settings) as url:
+        count = _run(_purge(url))
+    typer.echo(f"purged {count} expired idempotency keys")
+
+
+@app.command()
+def dev(
+    port: Annotated[int, typer.Option(help="API port")] = 8082,
+    seed_file: Annotated[Path | None, typer.Option("--seed-file", help="Payments CSV")] = None,
+    trips_file: Annotated[Path | None, typer.Option("--trips-file", help="Trips CSV")] = None,
+) -> None:
+    """Everything local: embedded PostgreSQL, migrate, seed, sandbox peers, API on :8082."""
+    settings = _settings()
+    from payment_service.devserver import run_dev
+
+    with _database(settings) as url:
+        _run(_migrate(url))
+        typer.echo(_run(_seed(settings, url, seed_file or _default_seed())))
+        _run(run_dev(settings, url, port=port, trips_file=trips_file))
+
+
+def _default_seed() -> Path:
+    from payment_service.services.seed import default_seed_file
+
+    return default_seed_file()
+
+
+def _register_sandbox() -> None:
+    from payment_service.sandbox.cli import sandbox
+
+    app.command("sandbox")(sandbox)
+
+
+_register_sandbox()
+
+
+@contextlib.asynccontextmanager
+async def stop_on_signals() -> AsyncIterator[asyncio.Event]:
+    """An event set by SIGINT/SIGTERM, for long-running commands."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield stop
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except ConfigurationError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+

@@ -1,0 +1,1 @@
+"""Outbound calls (Trip service, payment gateway). Transport failures become domain errors."""

@@ -1,0 +1,176 @@
+"""Trip service client: one shared httpx client, explicit timeouts, bounded retries.
+
+Connect errors and 5xx answers are retried a few times with jittered backoff; a
+read timeout is not (the caller's deadline matters more). Whatever still fails
+becomes `TripServiceUnavailableError`; services never see httpx exceptions.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from types import TracebackType
+from typing import Any
+
+import httpx
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from payment_service.errors import ServiceUnavailableError
+from payment_service.jsonutil import loads
+from payment_service.observability import (
+    REQUEST_ID_HEADER,
+    TRIP_SERVICE_LATENCY,
+    TRIP_SERVICE_REQUESTS,
+    current_request_id,
+)
+from payment_service.settings import Settings
+
+
+class TripServiceUnavailableError(ServiceUnavailableError):
+    type = "trip-service-unavailable"
+    title = "Trip Service Unavailable"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Retry-After": "2"})
+
+
+class _RetryableStatus(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"Trip service answered {status}")
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Trip:
+    trip_id: int
+    rider_id: int | None
+    driver_id: int | None
+    status: str
+    distance_km: Decimal | None
+    base_fare: Decimal | None
+    surge_multiplier: Decimal | None
+    total_fare: Decimal | None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Trip:
+        """Parse the Trip service's answer (`id` and `distance` accepted as aliases)."""
+        trip_id = data.get("trip_id", data.get("id"))
+        if trip_id is None or "status" not in data:
+            raise ValueError("trip_id and status are required")
+        return cls(
+            trip_id=int(trip_id),
+            rider_id=_optional_int(data.get("rider_id")),
+            driver_id=_optional_int(data.get("driver_id")),
+            status=str(data["status"]).upper(),
+            distance_km=_optional_decimal(data.get("distance_km", data.get("distance"))),
+            base_fare=_optional_decimal(data.get("base_fare")),
+            surge_multiplier=_optional_decimal(data.get("surge_multiplier")),
+            total_fare=_optional_decimal(data.get("total_fare")),
+        )
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value in (None, "") else int(value)
+
+
+def _optional_decimal(value: Any) -> Decimal | None:
+    if value in (None, ""):
+        return None
+    try:
+        result = Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError(f"{value!r} is not a number") from None
+    if not result.is_finite():
+        raise ValueError(f"{value!r} is not a finite number")
+    return result
+
+
+class TripClient:
+    """Async context manager owning the httpx client for the app's lifetime."""
+
+    def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None):
+        self._settings = settings
+        self._transport = transport
+        self._http: httpx.AsyncClient | None = None
+
+    async def __aenter__(self) -> TripClient:
+        timeout = self._settings.trip_service_timeout_seconds
+        self._http = httpx.AsyncClient(
+            base_url=self._settings.trip_service_url,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 1.0)),
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+            transport=self._transport,
+            headers={"Accept": "application/json", "User-Agent": "payment-service"},
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    async def get_trip(self, trip_id: int) -> Trip | None:
+        """The trip, or None when the Trip service says 404."""
+        started = time.perf_counter()
+        try:
+            trip = await self._get_with_retries(trip_id)
+        except TripServiceUnavailableError:
+            TRIP_SERVICE_REQUESTS.labels(outcome="unavailable").inc()
+            raise
+        finally:
+            TRIP_SERVICE_LATENCY.observe(time.perf_counter() - started)
+        TRIP_SERVICE_REQUESTS.labels(outcome="found" if trip else "not_found").inc()
+        return trip
+
+    async def _get_with_retries(self, trip_id: int) -> Trip | None:
+        assert self._http is not None, "TripClient used outside its context"
+        headers = {}
+        if request_id := current_request_id():
+            headers[REQUEST_ID_HEADER] = request_id
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._settings.trip_service_retries + 1),
+            wait=wait_exponential_jitter(initial=0.05, max=0.5),
+            retry=retry_if_exception_type((httpx.ConnectError, _RetryableStatus)),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    response = await self._http.get(f"/v1/trips/{trip_id}", headers=headers)
+                    if response.status_code >= 500:
+                        raise _RetryableStatus(response.status_code)
+        except _RetryableStatus as exc:
+            raise TripServiceUnavailableError(
+                f"The Trip service failed ({exc.status}); retry later."
+            ) from None
+        except httpx.TimeoutException:
+            raise TripServiceUnavailableError("The Trip service timed out; retry later.") from None
+        except httpx.TransportError:
+            raise TripServiceUnavailableError(
+                "The Trip service is unreachable; retry later."
+            ) from None
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise TripServiceUnavailableError(
+                f"The Trip service answered {response.status_code}; retry later."
+            )
+        try:
+            data = loads(response.content)
+            return Trip.from_json(data.get("trip", data) if isinstance(data, dict) else {})
+        except (ValueError, TypeError, AttributeError):
+            TRIP_SERVICE_REQUESTS.labels(outcome="invalid").inc()
+            raise TripServiceUnavailableError(
+                "The Trip service answered with an unreadable trip; retry later."
+            ) from None

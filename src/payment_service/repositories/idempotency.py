@@ -1,0 +1,138 @@
+"""Idempotency key rows: claim with INSERT .. ON CONFLICT, lease, complete, release."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from payment_service.models import IdempotencyKey
+from payment_service.models.enums import IdempotencyState
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRow:
+    id: int
+    fingerprint: str
+    state: str
+    locked_until: datetime | None
+    expires_at: datetime
+    response_status: int | None
+    response_body: str | None
+    db_now: datetime
+
+
+class IdempotencyRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def insert_if_absent(
+        self,
+        *,
+        operation: str,
+        client_id: str,
+        key: str,
+        fingerprint: str,
+        token: str,
+        lease: timedelta,
+        ttl: timedelta,
+    ) -> int | None:
+        """Insert an in-flight key; None when the (operation, client, key) row exists."""
+        result = await self.session.execute(
+            insert(IdempotencyKey)
+            .values(
+                operation=operation,
+                client_id=client_id,
+                key=key,
+                fingerprint=fingerprint,
+                state=IdempotencyState.IN_PROGRESS.value,
+                lease_token=token,
+                locked_until=func.now() + lease,
+                expires_at=func.now() + ttl,
+            )
+            .on_conflict_do_nothing(constraint="uq_idempotency_keys_scope")
+            .returning(IdempotencyKey.id)
+        )
+        return result.scalar_one_or_none()
+
+    async def lock_existing(self, *, operation: str, client_id: str, key: str) -> KeyRow | None:
+        result = await self.session.execute(
+            select(
+                IdempotencyKey.id,
+                IdempotencyKey.fingerprint,
+                IdempotencyKey.state,
+                IdempotencyKey.locked_until,
+                IdempotencyKey.expires_at,
+                IdempotencyKey.response_status,
+                IdempotencyKey.response_body,
+                func.now().label("db_now"),
+            )
+            .where(
+                IdempotencyKey.operation == operation,
+                IdempotencyKey.client_id == client_id,
+                IdempotencyKey.key == key,
+            )
+            .with_for_update()
+        )
+        row = result.one_or_none()
+        return KeyRow(**row._asdict()) if row else None
+
+    async def take_over(
+        self,
+        key_id: int,
+        *,
+        fingerprint: str,
+        token: str,
+        lease: timedelta,
+        ttl: timedelta | None,
+    ) -> None:
+        """Lease a row whose previous holder expired or crashed (and reset it if expired)."""
+        values: dict[str, object] = {
+            "state": IdempotencyState.IN_PROGRESS.value,
+            "fingerprint": fingerprint,
+            "lease_token": token,
+            "locked_until": func.now() + lease,
+            "response_status": None,
+            "response_body": None,
+        }
+        if ttl is not None:
+            values["expires_at"] = func.now() + ttl
+            values["created_at"] = func.now()
+        await self.session.execute(
+            update(IdempotencyKey).where(IdempotencyKey.id == key_id).values(**values)
+        )
+
+    async def complete(
+        self, key_id: int, token: str, *, status: int, body: str, payment_id: int | None
+    ) -> bool:
+        """Store the answer; False when our lease was taken over meanwhile."""
+        result = await self.session.execute(
+            update(IdempotencyKey)
+            .where(IdempotencyKey.id == key_id, IdempotencyKey.lease_token == token)
+            .values(
+                state=IdempotencyState.COMPLETED.value,
+                response_status=status,
+                response_body=body,
+                payment_id=payment_id,
+                lease_token=None,
+                locked_until=None,
+            )
+        )
+        return result.rowcount == 1  # type: ignore[attr-defined]
+
+    async def release(self, key_id: int, token: str) -> None:
+        """Forget an in-flight key whose request changed nothing, so it can be retried."""
+        await self.session.execute(
+            delete(IdempotencyKey).where(
+                IdempotencyKey.id == key_id, IdempotencyKey.lease_token == token
+            )
+        )
+
+    async def purge_expired(self) -> int:
+        result = await self.session.execute(
+            delete(IdempotencyKey).where(IdempotencyKey.expires_at < func.now())
+        )
+        return result.rowcount or 0  # type: ignore[attr-defined]

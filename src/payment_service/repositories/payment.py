@@ -1,0 +1,129 @@
+"""Queries over payments, refunds, receipts and payment events."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from payment_service.models import Payment, PaymentEvent, Receipt, Refund
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentQuery:
+    trip_id: int | None = None
+    status: str | None = None
+    method: str | None = None
+    rider_id: int | None = None
+    driver_id: int | None = None
+    limit: int = 100
+    offset: int = 0
+
+
+class PaymentRepository:
+    """Payments and what hangs off them, for one session."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, payment_id: int) -> Payment | None:
+        return await self.session.get(Payment, payment_id)
+
+    async def get_for_update(self, payment_id: int) -> Payment | None:
+        """Row-lock the payment until the transaction ends (serialises refunds)."""
+        result = await self.session.execute(
+            select(Payment)
+            .where(Payment.id == payment_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        return result.scalar_one_or_none()
+
+    async def find_live_for_trip(self, trip_id: int) -> Payment | None:
+        result = await self.session.execute(
+            select(Payment).where(Payment.trip_id == trip_id, Payment.status != "FAILED").limit(1)
+        )
+        return result.scalar_one_or_none()
+
+    async def search(self, query: PaymentQuery) -> tuple[Sequence[Payment], int]:
+        """One page, newest first (ties by id), plus the total matching the filters."""
+        conditions: list[Any] = []
+        for column, value in (
+            (Payment.trip_id, query.trip_id),
+            (Payment.status, query.status),
+            (Payment.method, query.method),
+            (Payment.rider_id, query.rider_id),
+            (Payment.driver_id, query.driver_id),
+        ):
+            if value is not None:
+                conditions.append(column == value)
+        page = await self.session.execute(
+            select(Payment)
+            .where(*conditions)
+            .order_by(Payment.created_at.desc(), Payment.id.desc())
+            .limit(query.limit)
+            .offset(query.offset)
+        )
+        rows = page.scalars().all()
+        if query.offset == 0 and len(rows) < query.limit:
+            total = len(rows)
+        else:
+            total = await self.session.scalar(
+                select(func.count()).select_from(Payment).where(*conditions)
+            ) or 0
+        return rows, total
+
+    def add(self, payment: Payment) -> None:
+        self.session.add(payment)
+
+    def add_event(
+        self,
+        payment: Payment,
+        event_type: str,
+        *,
+        from_status: str | None,
+        amount: Decimal | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        """Append to the payment's history (the table refuses updates and deletes)."""
+        self.session.add(
+            PaymentEvent(
+                payment_id=payment.id,
+                event_type=event_type,
+                from_status=from_status,
+                to_status=payment.status,
+                amount=amount,
+                data=data or {},
+            )
+        )
+
+    async def refunds_of(self, payment_id: int) -> Sequence[Refund]:
+        result = await self.session.execute(
+            select(Refund).where(Refund.payment_id == payment_id).order_by(Refund.id)
+        )
+        return result.scalars().all()
+
+    async def events_of(self, payment_id: int) -> Sequence[PaymentEvent]:
+        result = await self.session.execute(
+            select(PaymentEvent)
+            .where(PaymentEvent.payment_id == payment_id)
+            .order_by(PaymentEvent.id)
+        )
+        return result.scalars().all()
+
+    async def get_or_issue_receipt(self, payment: Payment, number: str) -> Receipt:
+        """Issue the receipt once; later calls (even concurrent ones) get the same row."""
+        await self.session.execute(
+            insert(Receipt)
+            .values(payment_id=payment.id, receipt_number=number)
+            .on_conflict_do_nothing(index_elements=[Receipt.payment_id])
+        )
+        result = await self.session.execute(
+            select(Receipt).where(Receipt.payment_id == payment.id)
+        )
+        return result.scalar_one()

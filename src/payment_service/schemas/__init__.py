@@ -1,0 +1,1 @@
+"""Request and response shapes (Pydantic); routers validate with these."""

@@ -1,0 +1,103 @@
+"""Payment shapes: the seed's fields first, then what this service adds."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from payment_service.models import Payment
+from payment_service.models.enums import PaymentMethod, PaymentStatus
+from payment_service.schemas.common import IdempotencyKeyStr, Money
+
+MetadataValue = Annotated[str, StringConstraints(max_length=500)]
+
+
+class PaymentRead(BaseModel):
+    payment_id: int
+    trip_id: int
+    rider_id: int | None
+    driver_id: int | None
+    amount: Money
+    currency: str
+    method: PaymentMethod
+    status: PaymentStatus
+    refunded_amount: Money
+    reference: str
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_model(cls, payment: Payment) -> dict[str, Any]:
+        """The response dict straight from the row (no second validation pass)."""
+        return payment_dict(payment)
+
+
+def payment_dict(payment: Payment) -> dict[str, Any]:
+    """A payment as its JSON response object (Decimals kept exact)."""
+    return {
+        "payment_id": payment.id,
+        "trip_id": payment.trip_id,
+        "rider_id": payment.rider_id,
+        "driver_id": payment.driver_id,
+        "amount": payment.amount,
+        "currency": payment.currency,
+        "method": payment.method,
+        "status": payment.status,
+        "refunded_amount": payment.refunded_amount,
+        "reference": payment.reference,
+        "created_at": payment.created_at,
+        "updated_at": payment.updated_at,
+    }
+
+
+class PaymentList(BaseModel):
+    payments: list[PaymentRead]
+    count: int = Field(description="Rows in this page")
+    total: int = Field(description="Rows matching the filters")
+    limit: int
+    offset: int
+
+
+class PaymentFilters(BaseModel):
+    """Query filters of GET /v1/payments; a bad value is a 422, never an empty list."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trip_id: int | None = Field(None, gt=0)
+    status: PaymentStatus | None = None
+    method: PaymentMethod | None = None
+    rider_id: int | None = Field(None, gt=0)
+    driver_id: int | None = Field(None, gt=0)
+    limit: int = Field(100, ge=1, le=500)
+    offset: int = Field(0, ge=0)
+
+    @field_validator("status", "method", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+class ChargeRequest(BaseModel):
+    """POST /v1/payments/charge body. The key may come in the `Idempotency-Key` header instead."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    idempotency_key: IdempotencyKeyStr | None = None
+    trip_id: int = Field(gt=0)
+    method: PaymentMethod
+    rider_id: int | None = Field(None, gt=0)
+    driver_id: int | None = Field(None, gt=0)
+    metadata: dict[Annotated[str, StringConstraints(max_length=64)], MetadataValue] | None = (
+        Field(None, max_length=20)
+    )
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+class ChargeResponse(PaymentRead):
+    message: str

@@ -1,0 +1,53 @@
+"""Refund shapes (SPEC §4)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from payment_service.models.enums import PaymentStatus
+from payment_service.schemas.common import IdempotencyKeyStr, Money
+
+
+class RefundRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    idempotency_key: IdempotencyKeyStr | None = None
+    amount: Decimal | None = Field(
+        None, description="> 0, at most 2 decimals; default: all that remains"
+    )
+    reason: str | None = Field(None, max_length=500)
+
+    @field_validator("amount", mode="before")
+    @classmethod
+    def _no_float_noise(cls, value: object) -> object:
+        # JSON numbers arrive as float via the standard parser: go through their text.
+        return Decimal(repr(value)) if isinstance(value, float) else value
+
+
+class RefundResponse(BaseModel):
+    refund_id: int
+    payment_id: int
+    refund_amount: Money
+    status: PaymentStatus
+    remaining_refundable: Money
+    reason: str | None
+    timestamp: datetime
+
+
+class RefundRead(BaseModel):
+    refund_id: int
+    payment_id: int
+    amount: Money
+    reason: str | None
+    created_at: datetime
+
+
+class RefundList(BaseModel):
+    payment_id: int
+    refunds: list[RefundRead]
+    count: int
+    total_refunded: Money
+    remaining_refundable: Money

@@ -1,0 +1,51 @@
+"""Database health with a hard deadline, so /health answers even when the DB hangs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from functools import lru_cache
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+log = logging.getLogger(__name__)
+
+HEALTH_TIMEOUT_SECONDS = 1.5
+
+
+async def database_is_up(engine: AsyncEngine, timeout: float = HEALTH_TIMEOUT_SECONDS) -> bool:
+    try:
+        async with asyncio.timeout(timeout):
+            async with engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        return True
+    except Exception as exc:
+        log.warning("database health check failed", extra={"error": type(exc).__name__})
+        return False
+
+
+async def schema_revision(
+    engine: AsyncEngine, timeout: float = HEALTH_TIMEOUT_SECONDS
+) -> str | None:
+    """The Alembic revision the database is at, or None when unreachable or unmigrated."""
+    try:
+        async with asyncio.timeout(timeout):
+            async with engine.connect() as connection:
+                result = await connection.execute(text("SELECT version_num FROM alembic_version"))
+                return result.scalar_one_or_none()
+    except Exception:
+        return None
+
+
+@lru_cache(maxsize=1)
+def expected_revision() -> str | None:
+    """The head revision shipped with this build (None when migrations aren't shipped)."""
+    from alembic.script import ScriptDirectory
+
+    from payment_service.migrations import alembic_config
+
+    try:
+        return ScriptDirectory.from_config(alembic_config()).get_current_head()
+    except Exception:
+        return None

@@ -1,0 +1,32 @@
+"""Reading payments."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from payment_service.errors import NotFoundError
+from payment_service.models import Payment
+from payment_service.repositories.payment import PaymentQuery, PaymentRepository
+
+
+class PaymentNotFoundError(NotFoundError):
+    type = "payment-not-found"
+    title = "Payment Not Found"
+
+    def __init__(self, payment_id: int) -> None:
+        super().__init__(f"Payment {payment_id} does not exist.", payment_id=payment_id)
+
+
+async def get_payment(session: AsyncSession, payment_id: int) -> Payment:
+    payment = await PaymentRepository(session).get(payment_id)
+    if payment is None:
+        raise PaymentNotFoundError(payment_id)
+    return payment
+
+
+async def list_payments(
+    session: AsyncSession, query: PaymentQuery
+) -> tuple[Sequence[Payment], int]:
+    return await PaymentRepository(session).search(query)
