@@ -39,3 +39,126 @@ lint: $(STAMP) ## ruff check
 format: $(STAMP) ## ruff format + fix imports
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# ---------------------------------------------------------------------------------
+# Deploy and operations: Docker Compose (compose.yaml), Kubernetes (k8s/), backups.
+# Targets that need Docker or kubectl check for them first and stop with one line.
+
+COMPOSE ?= docker compose
+KUBECTL ?= $(shell command -v kubectl 2>/dev/null || echo $(BIN)/kubectl)
+VERSION := $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' pyproject.toml | head -n 1)
+IMAGE ?= payment-service:$(VERSION)
+SERVICE ?= api
+PROFILES ?=
+COMPOSE_PROFILES_ARGS := $(foreach p,$(PROFILES),--profile $(p))
+BACKUP_DIR ?= backups
+BACKUP ?= $(shell ls -1t $(BACKUP_DIR)/*.dump 2>/dev/null | head -n 1)
+K8S_OVERLAY ?= minikube
+K8S_NAMESPACE ?= payments
+HEALTH_URL ?= http://localhost:$(PORT)/health
+
+define HEALTH_PY
+import sys, urllib.error, urllib.request
+url = sys.argv[1]
+try:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        print(response.read().decode())
+except urllib.error.HTTPError as exc:
+    print(exc.read().decode())
+    sys.exit(1)
+except OSError as exc:
+    sys.exit(f"error: {url} is not answering: {getattr(exc, 'reason', exc)}")
+endef
+export HEALTH_PY
+
+.PHONY: setup build up down restart logs shell db-shell db-backup db-restore health test-api \
+	k8s-image k8s-deploy k8s-delete clean bench ci-tools require-docker require-env require-kubectl
+
+require-docker:
+	@command -v docker >/dev/null 2>&1 || { echo "error: docker not found: install Docker (Engine or Desktop) to use '$(MAKECMDGOALS)'" >&2; exit 1; }
+	@$(COMPOSE) version >/dev/null 2>&1 || { echo "error: '$(COMPOSE)' not available: install the Docker Compose v2 plugin (or set COMPOSE=...)" >&2; exit 1; }
+	@docker info >/dev/null 2>&1 || { echo "error: the Docker daemon is not reachable: start Docker and retry '$(MAKECMDGOALS)'" >&2; exit 1; }
+
+require-env:
+	@test -f .env || { echo "error: no .env: run 'make setup' (copies .env.example), then set DB_PASS in .env" >&2; exit 1; }
+
+require-kubectl:
+	@command -v $(KUBECTL) >/dev/null 2>&1 || { echo "error: kubectl not found: install kubectl (or run 'make ci-tools') to use '$(MAKECMDGOALS)'" >&2; exit 1; }
+
+setup: $(STAMP) ## Virtual environment + .env from .env.example (then set DB_PASS in .env)
+	@if [ -f .env ]; then echo ".env exists: left as it is"; \
+	elif [ -f .env.example ]; then cp .env.example .env && echo "created .env from .env.example: set DB_PASS before 'make up'"; \
+	else echo "error: .env.example is missing" >&2; exit 1; fi
+
+build: require-docker ## Build the image payment-service:<version> with Docker Compose
+	$(COMPOSE) build
+
+up: require-docker require-env ## Start PostgreSQL, migrate+seed, API on :8082 (PROFILES=monitoring adds Prometheus/Grafana)
+	$(COMPOSE) $(COMPOSE_PROFILES_ARGS) up -d --build
+	@echo "API: http://localhost:$(PORT)  (make health, make logs)"
+	@if [ -n "$(filter monitoring,$(PROFILES))" ]; then echo "Prometheus: http://localhost:9090  Grafana: http://localhost:3000"; fi
+
+down: require-docker ## Stop and remove the containers (the database volume is kept)
+	$(COMPOSE) --profile monitoring down --remove-orphans
+
+restart: require-docker ## Restart the API container
+	$(COMPOSE) restart api
+
+logs: require-docker ## Follow the logs of a service (SERVICE=api|migrate|db|prometheus|grafana)
+	$(COMPOSE) logs -f --tail=200 $(SERVICE)
+
+shell: require-docker ## A shell inside the running API container
+	$(COMPOSE) exec api /bin/sh
+
+db-shell: require-docker ## psql on the compose database
+	$(COMPOSE) exec db sh -c 'exec psql -U "$$POSTGRES_USER" -d "$$POSTGRES_DB"'
+
+db-backup: require-docker ## pg_dump the compose database to backups/payment_db-<UTC time>.dump
+	@mkdir -p $(BACKUP_DIR)
+	@file=$(BACKUP_DIR)/payment_db-$$(date -u +%Y%m%dT%H%M%SZ).dump; \
+	if $(COMPOSE) exec -T db sh -c 'exec pg_dump -U "$$POSTGRES_USER" -d "$$POSTGRES_DB" --format=custom --no-owner' > "$$file.partial"; \
+	then mv "$$file.partial" "$$file" && echo "backup written to $$file"; \
+	else rm -f "$$file.partial"; echo "error: pg_dump failed, no backup written" >&2; exit 1; fi
+
+db-restore: require-docker ## Restore BACKUP=<file> (default: newest in backups/); stops the API meanwhile
+	@test -n "$(BACKUP)" && test -f "$(BACKUP)" || { echo "error: no backup to restore: pass BACKUP=$(BACKUP_DIR)/<file>.dump" >&2; exit 1; }
+	@echo "restoring $(BACKUP) into the compose database (existing objects are replaced)"
+	$(COMPOSE) stop api
+	$(COMPOSE) exec -T db sh -c 'exec pg_restore -U "$$POSTGRES_USER" -d "$$POSTGRES_DB" --clean --if-exists --no-owner --single-transaction' < "$(BACKUP)"
+	$(COMPOSE) start api
+
+health: ## GET /health of the running service (HEALTH_URL=..., default localhost:8082)
+	@$(PYTHON) -c "$$HEALTH_PY" "$(HEALTH_URL)"
+
+test-api: ## Run the seed's curl checks against the running service (scripts/test_payment_api.sh)
+	bash scripts/test_payment_api.sh
+
+k8s-image: ## Build the image inside minikube (no local Docker needed)
+	@command -v minikube >/dev/null 2>&1 || { echo "error: minikube not found: install it, or push $(IMAGE) to your cluster's registry" >&2; exit 1; }
+	minikube image build -t $(IMAGE) .
+
+k8s-deploy: require-kubectl ## kubectl apply -k k8s/overlays/<K8S_OVERLAY=minikube>; waits for the Job and the rollout
+	@if [ ! -f k8s/overlays/$(K8S_OVERLAY)/secret.env ]; then \
+	  if ! grep -q 'secret.env' k8s/overlays/$(K8S_OVERLAY)/kustomization.yaml; then :; \
+	  elif [ "$(K8S_OVERLAY)" = minikube ]; then \
+	    umask 077; echo "DB_PASS=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(24))')" > k8s/overlays/minikube/secret.env; \
+	    echo "wrote k8s/overlays/minikube/secret.env with a random DB_PASS"; \
+	  else echo "error: k8s/overlays/$(K8S_OVERLAY)/secret.env is missing: copy secret.env.example and set DB_PASS" >&2; exit 1; fi; \
+	fi
+	$(KUBECTL) -n $(K8S_NAMESPACE) delete job payment-service-migrate --ignore-not-found
+	$(KUBECTL) apply -k k8s/overlays/$(K8S_OVERLAY)
+	$(KUBECTL) -n $(K8S_NAMESPACE) wait --for=condition=complete job/payment-service-migrate --timeout=300s
+	$(KUBECTL) -n $(K8S_NAMESPACE) rollout status deployment/payment-service --timeout=300s
+
+k8s-delete: require-kubectl ## Delete everything k8s-deploy created (namespace payments, its database too)
+	$(KUBECTL) delete -k k8s/overlays/$(K8S_OVERLAY) --ignore-not-found
+
+clean: ## Remove build outputs and caches (keeps .venv, .env, .data and backups)
+	rm -rf build dist .pytest_cache .ruff_cache src/*.egg-info
+	find . -path ./.venv -prune -o -type d -name __pycache__ -exec rm -rf {} +
+
+bench: $(STAMP) ## Load benchmark of the service (python -m bench)
+	$(BIN)/python -m bench
+
+ci-tools: ## Install kubectl and promtool for tests/deploy when missing (scripts/ci-tools.sh)
+	bash scripts/ci-tools.sh
