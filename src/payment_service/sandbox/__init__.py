@@ -6,13 +6,13 @@ points are `build_sandbox(SandboxConfig(...))` and the `Sandbox` it returns.
 """
 
 from payment_service.sandbox.control import Peer, create_control_app
+from payment_service.sandbox.errors import SandboxError
 from payment_service.sandbox.faults import FaultMode, FaultSwitch, FaultUpdate
 from payment_service.sandbox.notifications import NotificationSink, create_notification_app
 from payment_service.sandbox.runner import (
     PeerServer,
     Sandbox,
     SandboxConfig,
-    SandboxError,
     build_sandbox,
     default_trips_file,
     run_sandbox,

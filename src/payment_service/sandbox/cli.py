@@ -10,13 +10,14 @@ from typing import Annotated
 
 import typer
 
+from payment_service.sandbox.errors import SandboxError
 from payment_service.sandbox.faults import (
     DEFAULT_DELAY_SECONDS,
     DEFAULT_FAIL_STATUS,
     DEFAULT_FLAKY_COUNT,
     FaultMode,
 )
-from payment_service.sandbox.runner import SandboxConfig, SandboxError, run_sandbox
+from payment_service.sandbox.runner import SandboxConfig, run_sandbox
 
 
 def sandbox(

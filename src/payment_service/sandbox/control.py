@@ -11,10 +11,13 @@ take the request that brings it back. Endpoints (see `faults` for the bodies):
 """
 
 from enum import StrEnum
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 
+from payment_service.sandbox.errors import SandboxError
 from payment_service.sandbox.faults import FaultUpdate
 
 if TYPE_CHECKING:
@@ -46,16 +49,19 @@ def create_control_app(sandbox: "Sandbox") -> FastAPI:
         """One peer's state."""
         return sandbox.peer_status(peer)
 
-    @app.put("/{peer}/faults")
-    async def put_faults(peer: Peer, update: FaultUpdate) -> dict[str, Any]:
+    @app.put("/{peer}/faults", response_model=None)
+    async def put_faults(peer: Peer, update: FaultUpdate) -> dict[str, Any] | JSONResponse:
         """Set a peer's fault; `down` closes its port and any other mode opens it again."""
-        return await sandbox.set_fault(
-            peer,
-            update.mode,
-            delay_seconds=update.delay_seconds,
-            status_code=update.status_code,
-            count=update.count,
-        )
+        try:
+            return await sandbox.set_fault(
+                peer,
+                update.mode,
+                delay_seconds=update.delay_seconds,
+                status_code=update.status_code,
+                count=update.count,
+            )
+        except SandboxError as exc:  # e.g. something else took the port while it was down
+            return JSONResponse(status_code=HTTPStatus.CONFLICT, content={"detail": str(exc)})
 
     @app.post("/reset")
     async def reset() -> dict[str, Any]:

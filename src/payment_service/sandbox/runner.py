@@ -28,6 +28,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from payment_service.sandbox.control import Peer, create_control_app
+from payment_service.sandbox.errors import SandboxError
 from payment_service.sandbox.faults import (
     DEFAULT_DELAY_SECONDS,
     DEFAULT_FAIL_STATUS,
@@ -43,10 +44,6 @@ logger = logging.getLogger("payment_service.sandbox")
 TRIPS_FILE = Path("seeds") / "rhfd_trips.csv"
 _START_POLL_SECONDS = 0.005
 _GRACEFUL_SHUTDOWN_SECONDS = 2.0
-
-
-class SandboxError(RuntimeError):
-    """The sandbox cannot be built or started; the message is one line fit for the CLI."""
 
 
 def default_trips_file() -> Path:
