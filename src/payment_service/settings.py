@@ -8,7 +8,6 @@ upper-case name, with no prefix, so deploy files can be checked against this cla
 from __future__ import annotations
 
 from decimal import Decimal
-from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -111,7 +110,7 @@ class Settings(BaseSettings):
             (self.db_host, self.db_name, self.db_user, self.db_pass)
         )
 
-    @cached_property
+    @property
     def configured_database_url(self) -> URL | None:
         """The asyncpg URL from DATABASE_URL or DB_*, or None for the embedded database."""
         if self.database_url is not None:
