@@ -95,12 +95,17 @@ class Settings(BaseSettings):
             raise ValueError(f"must be an http(s) URL, got {value!r}")
         return value.rstrip("/")
 
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _parse_database_url(value.get_secret_value())
+        return value
+
     @model_validator(mode="after")
-    def _check_database(self) -> Settings:
+    def _check_rates(self) -> Settings:
         if self.gateway_decline_rate + self.gateway_pending_rate > 1:
             raise ValueError("GATEWAY_DECLINE_RATE + GATEWAY_PENDING_RATE must not exceed 1")
-        if self.database_url is not None:
-            _parse_database_url(self.database_url.get_secret_value())
         return self
 
     @property
@@ -131,10 +136,10 @@ def _parse_database_url(raw: str) -> URL:
     """Accept postgres:// and postgresql:// URLs and pin the asyncpg driver."""
     try:
         url = make_url(raw)
-    except ArgumentError as exc:
-        raise ValueError("DATABASE_URL is not a valid database URL") from exc
+    except (ArgumentError, ValueError):  # ValueError: a non-numeric port
+        raise ValueError("not a valid database URL") from None
     if url.get_backend_name() not in {"postgresql", "postgres"}:
-        raise ValueError(f"DATABASE_URL must be a PostgreSQL URL, got {url.drivername!r}")
+        raise ValueError(f"must be a PostgreSQL URL, got {url.drivername!r}")
     return url.set(drivername="postgresql+asyncpg")
 
 
@@ -146,5 +151,6 @@ def load_settings(**overrides: object) -> Settings:
         problems = []
         for error in exc.errors():
             name = ".".join(str(part) for part in error["loc"]).upper() or "settings"
-            problems.append(f"{name}: {error['msg']}")
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(f"{name}: {message}")
         raise ConfigurationError("invalid configuration: " + "; ".join(problems)) from None
