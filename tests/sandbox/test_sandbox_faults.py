@@ -1,6 +1,7 @@
 """Fault injection: slow, fail, flaky and down, from Python and over the control APIs."""
 
 import asyncio
+import json
 import time
 
 import httpx
@@ -186,6 +187,39 @@ async def test_peer_refuses_down_and_up_on_its_own_port(
     assert sandbox.peer_status("trip")["listening"] is True
 
 
+async def test_fault_bodies_need_no_content_type(
+    sandbox: Sandbox, client: httpx.AsyncClient
+) -> None:
+    """A bare `curl -d '{...}'` (form content type) is read as JSON on both control APIs."""
+    form = {"content-type": "application/x-www-form-urlencoded"}
+
+    on_peer = await client.put(
+        f"{sandbox.trip_url}/_sandbox/faults", content=b'{"mode": "fail"}', headers=form
+    )
+    on_control = await client.put(
+        f"{sandbox.control_url}/notification/faults", content=b'{"mode": "down"}', headers=form
+    )
+
+    assert on_peer.json()["mode"] == "fail"
+    assert on_control.json()["listening"] is False
+
+
+async def test_every_sandbox_app_documents_itself(
+    sandbox: Sandbox, client: httpx.AsyncClient
+) -> None:
+    """Each server's OpenAPI document renders, with the fault body documented."""
+    for base, path in (
+        (sandbox.trip_url, "/_sandbox/faults"),
+        (sandbox.notification_url, "/_sandbox/faults"),
+        (sandbox.control_url, "/{peer}/faults"),
+    ):
+        response = await client.get(f"{base}/openapi.json")
+
+        assert response.status_code == 200
+        body = response.json()["paths"][path]["put"]["requestBody"]
+        assert "mode" in body["content"]["application/json"]["schema"]["properties"]
+
+
 @pytest.mark.parametrize(
     ("path", "body"),
     [
@@ -193,14 +227,17 @@ async def test_peer_refuses_down_and_up_on_its_own_port(
         ("/trip/faults", {"mode": "fail", "status_code": 200}),
         ("/trip/faults", {"mode": "slow", "delay": 1}),
         ("/rider/faults", {"mode": "down"}),
+        ("/trip/faults", "{not json"),
+        ("/trip/faults", ""),
     ],
-    ids=["mode", "status", "unknown-field", "peer"],
+    ids=["mode", "status", "unknown-field", "peer", "not-json", "empty"],
 )
 async def test_control_rejects_bad_requests(
-    sandbox: Sandbox, client: httpx.AsyncClient, path: str, body: dict[str, object]
+    sandbox: Sandbox, client: httpx.AsyncClient, path: str, body: dict[str, object] | str
 ) -> None:
     """Typos in a fault request are a 422, never a silent default."""
-    response = await client.put(f"{sandbox.control_url}{path}", json=body)
+    content = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+    response = await client.put(f"{sandbox.control_url}{path}", content=content)
 
     assert response.status_code == 422
     assert sandbox.peer_status("trip")["fault"]["mode"] == "normal"

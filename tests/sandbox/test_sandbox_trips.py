@@ -131,14 +131,18 @@ async def test_put_adds_then_replaces_a_trip(sandbox: Sandbox, client: httpx.Asy
 
 
 async def test_put_keeps_decimal_digits_exact(sandbox: Sandbox, client: httpx.AsyncClient) -> None:
-    """Amounts sent as strings or numbers come back as the same exact JSON numbers."""
+    """Numbers come back with the digits sent (no float detour), whatever the content type."""
     url = f"{sandbox.trip_url}/v1/trips/5001"
-    await client.put(url, json={"status": "COMPLETED", "total_fare": "10.10", "distance_km": 0.1})
+    await client.put(
+        url,
+        content=b'{"status": "COMPLETED", "total_fare": "10.10", '
+        b'"distance_km": 0.1000000000000000001}',
+    )
 
     served = await client.get(url)
 
     assert '"total_fare":10.10' in served.text
-    assert '"distance_km":0.1' in served.text
+    assert '"distance_km":0.1000000000000000001' in served.text
     assert sandbox.trips.get(5001) is not None
     assert sandbox.trips.get(5001).total_fare == Decimal("10.10")  # type: ignore[union-attr]
 

@@ -37,7 +37,7 @@ def sandbox(
         Path | None,
         typer.Option(
             dir_okay=False,
-            help="Trips CSV to serve [default: seeds/rhfd_trips.csv of the project].",
+            help="Trips CSV to serve (default: the project's seeds/rhfd_trips.csv).",
             show_default=False,
         ),
     ] = None,

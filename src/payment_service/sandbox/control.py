@@ -12,11 +12,12 @@ take the request that brings it back. Endpoints (see `faults` for the bodies):
 
 from enum import StrEnum
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 
+from payment_service.sandbox._json import json_body, json_body_openapi
 from payment_service.sandbox.errors import SandboxError
 from payment_service.sandbox.faults import FaultUpdate
 
@@ -49,8 +50,10 @@ def create_control_app(sandbox: "Sandbox") -> FastAPI:
         """One peer's state."""
         return sandbox.peer_status(peer)
 
-    @app.put("/{peer}/faults", response_model=None)
-    async def put_faults(peer: Peer, update: FaultUpdate) -> dict[str, Any] | JSONResponse:
+    @app.put("/{peer}/faults", response_model=None, openapi_extra=json_body_openapi(FaultUpdate))
+    async def put_faults(
+        peer: Peer, update: Annotated[FaultUpdate, Depends(json_body(FaultUpdate))]
+    ) -> dict[str, Any] | JSONResponse:
         """Set a peer's fault; `down` closes its port and any other mode opens it again."""
         try:
             return await sandbox.set_fault(

@@ -53,11 +53,13 @@ import asyncio
 import contextlib
 from enum import StrEnum
 from http import HTTPStatus
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+
+from payment_service.sandbox._json import json_body, json_body_openapi
 
 DEFAULT_DELAY_SECONDS = 1.0
 DEFAULT_FAIL_STATUS = 500
@@ -226,8 +228,10 @@ def create_fault_router(faults: FaultSwitch, service: str) -> APIRouter:
         """Show this peer's current fault."""
         return faults.snapshot()
 
-    @router.put("/faults", response_model=None)
-    async def put_faults(update: FaultUpdate) -> dict[str, Any] | JSONResponse:
+    @router.put("/faults", response_model=None, openapi_extra=json_body_openapi(FaultUpdate))
+    async def put_faults(
+        update: Annotated[FaultUpdate, Depends(json_body(FaultUpdate))],
+    ) -> dict[str, Any] | JSONResponse:
         """Set this peer's fault; down/up belong to the control server."""
         if update.mode in {"down", "up"}:
             return JSONResponse(

@@ -21,12 +21,12 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from payment_service.sandbox._json import DecimalJSONResponse
+from payment_service.sandbox._json import DecimalJSONResponse, json_body, json_body_openapi
 from payment_service.sandbox.faults import FaultSwitch, create_fault_router, fault_response
 
 TRIP_COLUMNS = (
@@ -225,9 +225,15 @@ def create_trip_app(trips: TripStore, faults: FaultSwitch) -> FastAPI:
             )
         return DecimalJSONResponse(trip.to_json())
 
-    @app.put("/v1/trips/{trip_id}", response_model=None, tags=["trips"])
+    @app.put(
+        "/v1/trips/{trip_id}",
+        response_model=None,
+        tags=["trips"],
+        openapi_extra=json_body_openapi(TripPut),
+    )
     async def put_trip(
-        trip_id: Annotated[int, PathParam(gt=0)], body: TripPut
+        trip_id: Annotated[int, PathParam(gt=0)],
+        body: Annotated[TripPut, Depends(json_body(TripPut))],
     ) -> DecimalJSONResponse | JSONResponse:
         """Add or replace a trip so a test can charge a fresh COMPLETED or ONGOING one."""
         if body.trip_id is not None and body.trip_id != trip_id:
