@@ -157,7 +157,10 @@ async def test_command_serves_until_sigint(trips_file: Path) -> None:
     )
     assert process.stderr is not None
     try:
-        line = (await asyncio.wait_for(process.stderr.readline(), timeout=15)).decode()
+        line = ""
+        async with asyncio.timeout(15):
+            while "sandbox:" not in line:  # skip anything logged before the ready line
+                line = (await process.stderr.readline()).decode()
         urls = dict(re.findall(r"(Trip|Notification) service (http://[\d.:]+)", line))
         async with httpx.AsyncClient() as client:
             trip = await client.get(f"{urls['Trip']}/v1/trips/1")

@@ -17,9 +17,10 @@ Faults apply to the calls the Payment Service makes -- `GET /v1/trips/{id}` and
 and inspect deliveries (`GET/DELETE /v1/notifications`) while a peer misbehaves.
 "down" closes the whole port, of course.
 
-HTTP control. Bodies are JSON; every field but `mode` is optional and falls back
-to the start-up default (`--delay`, `--fail-status`, `--flaky-count`), not to the
-previous setting. Unknown fields are a 422.
+HTTP control. Bodies are JSON (read as JSON whatever the Content-Type, so a bare
+`curl -d` works); every field but `mode` is optional and falls back to the
+start-up default (`--delay`, `--fail-status`, `--flaky-count`), not to the
+previous setting. Unknown fields and modes are a 422.
 
 On each peer (Trip :8081, Notification :8084):
 
@@ -41,12 +42,16 @@ On the control server (:8085), for `{peer}` = `trip` or `notification`:
     POST /reset              every peer up and normal, runtime trips dropped,
                              trip counters and notifications cleared
 
+What the peers received (never faulted): on the Trip peer `GET /_sandbox/stats`
+(`?trip_id=N` adds one trip's count) and `DELETE /_sandbox/stats`; on the
+Notification peer `GET /v1/notifications` and `DELETE /v1/notifications`.
+
 For example:
 
-    curl -X PUT localhost:8085/trip/faults -H 'content-type: application/json' \\
-         -d '{"mode": "down"}'
-    curl -X PUT localhost:8084/_sandbox/faults -H 'content-type: application/json' \\
-         -d '{"mode": "flaky", "count": 3}'
+    curl -X PUT localhost:8085/trip/faults -d '{"mode": "down"}'
+    curl -X PUT localhost:8085/trip/faults -d '{"mode": "up"}'
+    curl -X PUT localhost:8084/_sandbox/faults -d '{"mode": "flaky", "count": 3}'
+    curl localhost:8085/
 """
 
 import asyncio
