@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from payment_service import __version__
-from payment_service.api import charges, health, payments, refunds
+from payment_service.api import charges, health, payments, receipts, refunds
 from payment_service.api.docs import install_docs
 from payment_service.db import create_engine, create_session_factory
 from payment_service.errors import install_error_handlers
@@ -74,7 +74,7 @@ def create_app(settings: Settings | None = None, *, run_dispatcher: bool | None 
     app.state.settings = settings
     install_error_handlers(app)
     install_docs(app)
-    for module in (health, payments, charges, refunds):
+    for module in (health, payments, charges, refunds, receipts):
         app.include_router(module.router)
 
     init_metric_series()
