@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     trip_service_url: str = "http://localhost:8081"
     notification_service_url: str = "http://localhost:8084"
     rider_service_url: str = "http://localhost:8083"
-    driver_service_url: str = "http://localhost:8085"
+    driver_service_url: str = "http://localhost:8086"
     trip_service_timeout_seconds: float = Field(2.0, gt=0)
     trip_service_retries: int = Field(2, ge=0, le=10)
     notification_timeout_seconds: float = Field(5.0, gt=0)

@@ -140,7 +140,7 @@ class TripClient:
             headers[REQUEST_ID_HEADER] = request_id
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._settings.trip_service_retries + 1),
-            wait=wait_exponential_jitter(initial=0.05, max=0.5),
+            wait=wait_exponential_jitter(multiplier=0.05, max=0.5, jitter=0.05),
             retry=retry_if_exception_type((httpx.ConnectError, _RetryableStatus)),
             reraise=True,
         )

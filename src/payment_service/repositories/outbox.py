@@ -1,13 +1,43 @@
-"""Outbox rows: enqueued inside the business transaction, claimed by dispatchers."""
+"""Outbox rows: enqueued inside the business transaction, claimed by dispatchers.
+
+Claiming takes a lease instead of holding a transaction across the HTTP call: in
+one short transaction the due rows are locked with `FOR UPDATE SKIP LOCKED` (so
+concurrent dispatchers pick disjoint rows and never wait on each other) and their
+`next_attempt_at` is pushed to `now() + lease`. Until the lease runs out no other
+dispatcher sees them as due; if the claimer dies, they become due again by
+themselves. The `next_attempt_at` a claim returns doubles as its fencing token:
+a retry or release only applies while the row still carries that exact value.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import Interval, case, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from payment_service.models import OutboxMessage
+from payment_service.models.enums import OutboxStatus
+
+LAST_ERROR_MAX_CHARS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedMessage:
+    """A leased outbox row: deliver it, then mark it before `lease_until`."""
+
+    id: int
+    message_type: str
+    payment_id: int
+    payload: dict[str, Any]
+    attempts: int
+    lease_until: datetime
+
+
+def _seconds(value: float) -> Any:
+    return literal(timedelta(seconds=value), Interval())
 
 
 class OutboxRepository:
@@ -20,4 +50,106 @@ class OutboxRepository:
             insert(OutboxMessage).values(
                 message_type=message_type, payment_id=payment_id, payload=payload
             )
+        )
+
+    async def claim_due(self, limit: int, lease_seconds: float) -> list[ClaimedMessage]:
+        """Lease up to `limit` due PENDING rows, most overdue first; rows others hold are skipped.
+
+        Commit right after: the row locks only guard the claim itself, the lease
+        (`next_attempt_at = now() + lease_seconds`) guards the delivery.
+        """
+        due = (
+            select(OutboxMessage.id)
+            .where(
+                OutboxMessage.status == OutboxStatus.PENDING.value,
+                OutboxMessage.next_attempt_at <= func.now(),
+            )
+            .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .cte("due")
+        )
+        statement = (
+            update(OutboxMessage)
+            .where(OutboxMessage.id.in_(select(due.c.id)))
+            .values(next_attempt_at=func.now() + _seconds(lease_seconds))
+            .returning(
+                OutboxMessage.id,
+                OutboxMessage.message_type,
+                OutboxMessage.payment_id,
+                OutboxMessage.payload,
+                OutboxMessage.attempts,
+                OutboxMessage.next_attempt_at,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        rows = (await self.session.execute(statement)).all()
+        claimed = [ClaimedMessage(*row) for row in rows]
+        claimed.sort(key=lambda message: message.id)
+        return claimed
+
+    async def count_pending(self) -> int:
+        """PENDING rows, leased or not (the `outbox_pending` gauge)."""
+        statement = select(func.count()).where(OutboxMessage.status == OutboxStatus.PENDING.value)
+        return int((await self.session.execute(statement)).scalar_one())
+
+    async def mark_delivered(self, message: ClaimedMessage) -> bool:
+        """Record a 2xx: DELIVERED with its time. Applies even if the lease ran out meanwhile."""
+        statement = (
+            update(OutboxMessage)
+            .where(
+                OutboxMessage.id == message.id,
+                OutboxMessage.status == OutboxStatus.PENDING.value,
+            )
+            .values(
+                status=OutboxStatus.DELIVERED.value,
+                delivered_at=func.now(),
+                attempts=OutboxMessage.attempts + 1,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        return (await self.session.execute(statement)).rowcount == 1  # type: ignore[attr-defined]
+
+    async def mark_failed_attempt(
+        self, message: ClaimedMessage, error: str, *, retry_in_seconds: float, max_attempts: int
+    ) -> str | None:
+        """Count a failed attempt: retry after `retry_in_seconds`, or FAILED at `max_attempts`.
+
+        Returns the row's new status, or None when the lease was lost (another
+        dispatcher has the row now, so its bookkeeping wins).
+        """
+        attempts = OutboxMessage.attempts + 1
+        statement = (
+            update(OutboxMessage)
+            .where(*self._still_leased(message))
+            .values(
+                attempts=attempts,
+                last_error=error[:LAST_ERROR_MAX_CHARS],
+                next_attempt_at=func.now() + _seconds(retry_in_seconds),
+                status=case(
+                    (attempts >= max_attempts, OutboxStatus.FAILED.value),
+                    else_=OutboxStatus.PENDING.value,
+                ),
+            )
+            .returning(OutboxMessage.status)
+            .execution_options(synchronize_session=False)
+        )
+        return (await self.session.execute(statement)).scalar_one_or_none()
+
+    async def release(self, message: ClaimedMessage) -> bool:
+        """Hand back a claimed row that was not attempted: due again at once, no attempt counted."""
+        statement = (
+            update(OutboxMessage)
+            .where(*self._still_leased(message))
+            .values(next_attempt_at=func.now())
+            .execution_options(synchronize_session=False)
+        )
+        return (await self.session.execute(statement)).rowcount == 1  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _still_leased(message: ClaimedMessage) -> tuple[Any, ...]:
+        return (
+            OutboxMessage.id == message.id,
+            OutboxMessage.status == OutboxStatus.PENDING.value,
+            OutboxMessage.next_attempt_at == message.lease_until,
         )

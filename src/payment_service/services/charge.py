@@ -178,11 +178,11 @@ class ChargeService:
     async def _completed_trip(self, request: ChargeRequest) -> Trip:
         trip = await self.trip_client.get_trip(request.trip_id)
         if trip is None:
-            raise TripNotFoundError(f"Trip {request.trip_id} was not found.")
+            raise TripNotFoundError(f"Trip {request.trip_id} not found by the Trip service.")
         if trip.status != "COMPLETED":
             TRIP_SERVICE_REQUESTS.labels(outcome="not_completed").inc()
             raise TripNotCompletedError(
-                f"Trip {trip.trip_id} is {trip.status}, not COMPLETED; it cannot be charged yet."
+                f"Trip {trip.trip_id} is not completed (status {trip.status}); not chargeable."
             )
         for field in ("rider_id", "driver_id"):
             given, actual = getattr(request, field), getattr(trip, field)

@@ -1,0 +1,1 @@
+"""Background work: the outbox dispatcher that delivers notifications (SPEC §6)."""
