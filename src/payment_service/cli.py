@@ -235,6 +235,11 @@ def dev(
     port: Annotated[int, typer.Option(help="API port")] = 8082,
     seed_file: Annotated[Path | None, typer.Option("--seed-file", help="Payments CSV")] = None,
     trips_file: Annotated[Path | None, typer.Option("--trips-file", help="Trips CSV")] = None,
+    trip_port: Annotated[int, typer.Option(help="Sandbox Trip service port")] = 8081,
+    notification_port: Annotated[
+        int, typer.Option(help="Sandbox Notification service port")
+    ] = 8084,
+    control_port: Annotated[int, typer.Option(help="Sandbox control port")] = 8085,
 ) -> None:
     """Everything local: embedded PostgreSQL, migrate, seed, sandbox peers, API on :8082."""
     settings = _settings()
@@ -245,7 +250,15 @@ def dev(
         _run(_migrate(url))
         typer.echo(_run(_seed(settings, url, seed_file or _default_seed())))
         try:
-            _run(run_dev(settings, url, port=port, trips_file=trips_file))
+            _run(
+                run_dev(
+                    settings,
+                    url,
+                    port=port,
+                    trips_file=trips_file,
+                    peer_ports=(trip_port, notification_port, control_port),
+                )
+            )
         except (DevServerError, SandboxError) as exc:
             raise fail(str(exc)) from None
 

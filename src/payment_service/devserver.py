@@ -35,13 +35,24 @@ class _HostedServer(uvicorn.Server):
 
 
 async def run_dev(
-    settings: Settings, url: URL, *, port: int = 8082, trips_file: Path | None = None
+    settings: Settings,
+    url: URL,
+    *,
+    port: int = 8082,
+    trips_file: Path | None = None,
+    peer_ports: tuple[int, int, int] = (8081, 8084, 8085),
 ) -> None:
     from payment_service.app import create_app
     from payment_service.sandbox.runner import SandboxConfig, build_sandbox, default_trips_file
 
     sandbox = build_sandbox(
-        SandboxConfig(trips_file=trips_file or default_trips_file(), log_level=None)
+        SandboxConfig(
+            trip_port=peer_ports[0],
+            notification_port=peer_ports[1],
+            control_port=peer_ports[2],
+            trips_file=trips_file or default_trips_file(),
+            log_level=None,
+        )
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
