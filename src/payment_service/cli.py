@@ -246,7 +246,12 @@ def dev(
     from payment_service.devserver import DevServerError, run_dev
     from payment_service.sandbox.errors import SandboxError
 
-    with _database(settings) as url:
+    # `dev` is the no-setup path: always the embedded database, whatever `.env` says.
+    local = settings.model_copy(
+        update={"database_url": None, "db_host": None, "db_name": None, "db_user": None,
+                "db_pass": None}
+    )
+    with _database(local) as url:
         _run(_migrate(url))
         typer.echo(_run(_seed(settings, url, seed_file or _default_seed())))
         try:
