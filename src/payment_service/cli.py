@@ -183,6 +183,9 @@ def serve(
             os.environ["DATABASE_URL"] = url.render_as_string(hide_password=False)
         else:
             _run(check_database(url, wait=10.0))
+        # uvicorn shuts down gracefully on SIGTERM and then re-raises it; make that
+        # re-raised SIGTERM a clean exit (0) rather than death by signal.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         uvicorn.run(
             "payment_service.app:create_app",
             factory=True,
