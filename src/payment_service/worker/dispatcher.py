@@ -56,6 +56,8 @@ LEASE_MARGIN_SECONDS = 5.0
 """Lease time beyond the last possible delivery: covers marking and clock drift."""
 MAX_LOOP_BACKOFF_SECONDS = 30.0
 """Longest pause of the loop after consecutive database errors."""
+MAX_SHUTDOWN_WAIT_SECONDS = 10.0
+"""Longest wait for the in-flight batch when the dispatcher stops."""
 
 
 def backoff_delay(
@@ -125,8 +127,12 @@ class OutboxDispatcher:
 
     @property
     def shutdown_timeout_seconds(self) -> float:
-        """How long stopping waits for the in-flight batch before cancelling it."""
-        return self.lease_seconds
+        """How long stopping waits for the in-flight batch before cancelling it.
+
+        Capped so a shutdown fits a container's grace period; what a cancelled
+        batch had claimed is delivered again once its lease ends.
+        """
+        return min(self.lease_seconds, MAX_SHUTDOWN_WAIT_SECONDS)
 
     def _new_client(self) -> NotificationClient:
         return NotificationClient(self._settings, transport=self._transport)
