@@ -33,7 +33,11 @@ async def health(request: Request) -> MoneyJSONResponse:
     return MoneyJSONResponse(body, status_code=200 if up else 503)
 
 
-@router.get("/health/live", summary="Liveness: the process answers")
+@router.get(
+    "/health/live",
+    summary="Liveness: the process answers",
+    responses=problem_responses(500),
+)
 async def live() -> dict[str, str]:
     return {"status": "UP"}
 
