@@ -1,7 +1,7 @@
 """Charging a trip: where a charge is decided and where its transactions begin and end.
 
-    claim key (tx 1) -> Trip service (no transaction) -> gateway (no transaction)
-      -> record payment + event + outbox + stored answer (tx 2)
+    claim key + "already paid?" (tx 1) -> Trip service (no transaction)
+      -> gateway (no transaction) -> record payment + event + outbox + answer (tx 2)
 
 No transaction is held across the Trip or gateway call. The database has the last
 word on "one live payment per trip" (`uq_payments_live_trip`): the insert uses
@@ -30,7 +30,12 @@ from payment_service.errors import ConflictError, UnprocessableError
 from payment_service.jsonutil import dumps
 from payment_service.models import Payment, PaymentEvent
 from payment_service.models.enums import PaymentMethod, PaymentStatus
-from payment_service.observability import PAYMENT_AMOUNT, PAYMENTS, TRIP_SERVICE_REQUESTS
+from payment_service.observability import (
+    PAYMENT_AMOUNT,
+    PAYMENTS,
+    TRIP_SERVICE_REQUESTS,
+    current_request_id,
+)
 from payment_service.repositories.outbox import OutboxRepository
 from payment_service.schemas.payment import ChargeRequest, payment_dict
 from payment_service.services.fares import FareUnavailableError, compute_fare
@@ -117,7 +122,12 @@ class ChargeService:
                 "metadata": request.metadata or None,
             }
         )
-        claimed = await self.idempotency.claim(self.session_factory, key, request_fingerprint)
+        claimed = await self.idempotency.claim(
+            self.session_factory,
+            key,
+            request_fingerprint,
+            precheck=lambda session: _ensure_unpaid(session, request.trip_id),
+        )
         if isinstance(claimed, StoredResponse):
             return ChargeOutcome(claimed.status_code, claimed.body, replayed=True)
         try:
@@ -135,7 +145,6 @@ class ChargeService:
             )
         except FareUnavailableError as exc:
             raise UnprocessableError(f"Cannot price the trip: {exc}.") from None
-        await self._ensure_unpaid(trip.trip_id)
 
         reference = new_reference()
         result = await self.gateway.authorize(
@@ -204,13 +213,6 @@ class ChargeService:
             )
         return trip
 
-    async def _ensure_unpaid(self, trip_id: int) -> None:
-        """Refuse early (before the gateway) when the trip already has a live payment."""
-        async with self.session_factory() as session:
-            live = await _live_payment(session, trip_id)
-        if live is not None:
-            raise TripAlreadyPaidError(trip_id, live[0], live[1])
-
     async def _insert_payment(
         self, session: AsyncSession, *, trip: Trip, method: PaymentMethod, amount: Decimal,
         status: PaymentStatus, reference: str, gateway_reference: str,
@@ -276,7 +278,19 @@ def payment_message(payment: Payment) -> dict[str, Any]:
         "method": payment.method,
         "reference": payment.reference,
         "occurred_at": payment.created_at.isoformat(),
+        "request_id": current_request_id(),
     }
+
+
+async def _ensure_unpaid(session: AsyncSession, trip_id: int) -> None:
+    """Refuse early (before the Trip service and the gateway) when the trip is already paid.
+
+    Runs in the transaction that claims the idempotency key; the partial unique index
+    still decides races between concurrent charges at insert time.
+    """
+    live = await _live_payment(session, trip_id)
+    if live is not None:
+        raise TripAlreadyPaidError(trip_id, live[0], live[1])
 
 
 async def _live_payment(session: AsyncSession, trip_id: int) -> tuple[int, str] | None:

@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -149,15 +150,25 @@ class Idempotency:
         return None
 
     async def claim(
-        self, session_factory: SessionFactory, key: str, request_fingerprint: str
+        self,
+        session_factory: SessionFactory,
+        key: str,
+        request_fingerprint: str,
+        precheck: Callable[[AsyncSession], Awaitable[None]] | None = None,
     ) -> Claim | StoredResponse:
-        """Claim in short transactions of our own, waiting a little for an in-flight twin."""
+        """Claim in short transactions of our own, waiting a little for an in-flight twin.
+
+        `precheck` runs in the claiming transaction once the key is ours; if it raises,
+        the claim rolls back with it (nothing stored, the key stays free).
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait_seconds
         pause = 0.02
         while True:
             async with session_factory() as session, session.begin():
                 outcome = await self.try_claim(session, key, request_fingerprint)
+                if isinstance(outcome, Claim) and precheck is not None:
+                    await precheck(session)
             if outcome is not None:
                 return outcome
             if loop.time() >= deadline:

@@ -23,7 +23,7 @@ from payment_service.errors import ConflictError, UnprocessableError
 from payment_service.jsonutil import dumps
 from payment_service.models import Payment, PaymentEvent, Refund
 from payment_service.models.enums import REFUNDABLE_STATUSES, PaymentStatus
-from payment_service.observability import REFUND_AMOUNT, REFUNDS
+from payment_service.observability import REFUND_AMOUNT, REFUNDS, current_request_id
 from payment_service.repositories.outbox import OutboxRepository
 from payment_service.repositories.payment import PaymentRepository
 from payment_service.schemas.refund import RefundRequest
@@ -180,6 +180,7 @@ def refund_message(
         "refunded_amount": payment.refunded_amount,
         "currency": payment.currency,
         "occurred_at": created_at.astimezone(UTC).isoformat(),
+        "request_id": current_request_id(),
     }
 
 
