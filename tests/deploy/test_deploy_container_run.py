@@ -197,9 +197,12 @@ def test_compose_migrate_then_api_serve_healthy(
     tmp_path: Path,
 ) -> None:
     """migrate+seed exits 0; the API answers /health 200 with the DB UP, passes the
-    image HEALTHCHECK, serves the seed, logs JSON lines and stops cleanly on SIGTERM."""
+    image HEALTHCHECK, serves the seed, logs JSON lines, writes nothing to disk and
+    stops cleanly on SIGTERM."""
     port = free_port()
-    home = {"HOME": str(tmp_path), "LANG": "C.UTF-8"}
+    # The image's user has no home it can write to (read-only root filesystem).
+    (tmp_path / "home").mkdir()
+    home = {"HOME": str(tmp_path / "home"), "LANG": "C.UTF-8"}
 
     migrate_env = {**home, **image.env, **compose_env(compose, "migrate", deploy_database, port)}
     migrate = subprocess.run(
@@ -252,6 +255,7 @@ def test_compose_migrate_then_api_serve_healthy(
     assert "Application shutdown complete" in output, "no graceful shutdown on SIGTERM"
     for line in filter(None, output.splitlines()):
         assert isinstance(json.loads(line), dict), f"not a JSON log line: {line!r}"
+    assert not any((tmp_path / "home").iterdir()), "the service wrote into HOME"
 
 
 def wait_for_health(url: str, process: subprocess.Popen[str], log: Path) -> httpx.Response:
