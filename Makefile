@@ -154,7 +154,7 @@ k8s-delete: require-kubectl ## Delete everything k8s-deploy created (namespace p
 	$(KUBECTL) delete -k k8s/overlays/$(K8S_OVERLAY) --ignore-not-found
 
 clean: ## Remove build outputs and caches (keeps .venv, .env, .data and backups)
-	rm -rf build dist .pytest_cache .ruff_cache src/*.egg-info
+	rm -rf build dist .pytest_cache .ruff_cache
 	find . -path ./.venv -prune -o -type d -name __pycache__ -exec rm -rf {} +
 
 bench: $(STAMP) ## Load benchmark of the service (python -m bench)
