@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import signal
 import socket
@@ -129,16 +130,16 @@ async def run_cli(
 
 
 async def wait_until(
-    condition: Callable[[], bool | Awaitable[bool]],
+    condition: Callable[[], object],
     timeout: float,
     message: str,
     interval: float = 0.05,
 ) -> None:
-    """Poll `condition` (sync or async) until true, failing with `message` after `timeout`."""
+    """Poll `condition` (sync or async) until truthy, failing with `message` after `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
         result = condition()
-        if not isinstance(result, bool):
+        if inspect.isawaitable(result):
             result = await result
         if result:
             return
