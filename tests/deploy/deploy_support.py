@@ -405,3 +405,35 @@ def rule_exprs(rules_file: Mapping[str, object]) -> list[tuple[str, str]]:
         for rule in group["rules"]:
             found.append((rule.get("alert") or rule.get("record"), rule["expr"]))
     return found
+
+
+# --- .env.example ----------------------------------------------------------------
+
+# Values that differ by design between a developer's machine and a container network.
+NETWORK_SPECIFIC = {"DB_HOST", "DB_PORT", "DATABASE_URL"}
+
+
+def env_example() -> dict[str, str]:
+    """KEY=value lines of the committed .env.example."""
+    values = {}
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def disagreements(defaults: Mapping[str, str], where: str) -> list[str]:
+    """Where deploy defaults contradict .env.example: equal values, and for peer URLs
+    the same port (the host is a container or Service name instead of localhost)."""
+    example = env_example()
+    problems = []
+    for key, value in defaults.items():
+        if key in NETWORK_SPECIFIC or key not in example or not example[key]:
+            continue
+        ours, theirs = value, example[key]
+        if key.endswith("_URL"):
+            ours, theirs = ours.rsplit(":", 1)[-1], theirs.rsplit(":", 1)[-1]
+        if ours.lower() != theirs.lower():
+            problems.append(f"{where}: {key}={value} but .env.example has {example[key]}")
+    return problems

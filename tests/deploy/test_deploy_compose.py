@@ -13,6 +13,7 @@ from tests.deploy.deploy_support import (
     Dockerfile,
     InterpolationError,
     compose_variables,
+    disagreements,
     find_tool,
     interpolate,
     service_environment,
@@ -181,3 +182,14 @@ def test_monitoring_profile_mounts_existing_files(compose: dict[str, Any]) -> No
     config = next(a for a in prometheus["command"] if a.startswith("--config.file="))
     mount = next(v for v in prometheus["volumes"] if v.startswith("./monitoring/prometheus:"))
     assert config.split("=")[1] == mount.split(":")[1] + "/prometheus.yml"
+
+
+def test_defaults_agree_with_env_example(compose: dict[str, Any]) -> None:
+    """${VAR:-default} in compose.yaml says what .env.example says (peer URLs: same port)."""
+    defaults = {}
+    for service in compose["services"].values():
+        for value in service_environment(service).values():
+            for match in re.finditer(r"\$\{(\w+):-([^}]*)\}", value):
+                defaults[match[1]] = match[2]
+    assert {"DB_NAME", "DB_USER", "TRIP_SERVICE_URL"} <= set(defaults)
+    assert disagreements(defaults, "compose.yaml") == []

@@ -9,7 +9,7 @@ import kubernetes_validate
 import pytest
 
 from tests.deploy.conftest import KUSTOMIZATIONS
-from tests.deploy.deploy_support import ROOT, Dockerfile
+from tests.deploy.deploy_support import ROOT, Dockerfile, disagreements
 
 # The oldest Kubernetes we claim (CronJob timeZone is GA since 1.27) and the newest
 # kubernetes-validate knows.
@@ -278,3 +278,9 @@ def test_images_are_the_project_version(
             assert container["image"].endswith(f"payment-service:{project_version}")
             found += 1
     assert found >= 4
+
+
+def test_config_agrees_with_env_example(rendered: Rendered) -> None:
+    """The base ConfigMap says what .env.example says (peer URLs: same port)."""
+    data = one(rendered["base"], "ConfigMap")["data"]
+    assert disagreements(data, "k8s/base/config.env") == []
