@@ -199,10 +199,12 @@ async def load_seed(session: AsyncSession, path: Path) -> SeedReport:
                     ]
                 )
             )
+    # The next id is max(id) + 1 (1 on an empty table): is_called=false makes
+    # nextval return exactly the value set.
     await session.execute(
         text(
             "SELECT setval(pg_get_serial_sequence('payments', 'id'), "
-            "GREATEST((SELECT max(id) FROM payments), 1))"
+            "COALESCE((SELECT max(id) FROM payments), 0) + 1, false)"
         )
     )
     max_id = await session.scalar(select(func.max(Payment.id)))
