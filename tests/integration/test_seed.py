@@ -147,6 +147,23 @@ async def test_id_sequence_follows_the_largest_id_of_a_sparse_file(
     assert new_id == 7001
 
 
+async def test_header_only_file_on_empty_table_keeps_ids_starting_at_1(
+    empty_db: AsyncEngine, tmp_path: Path
+) -> None:
+    """Seeding a file with no rows into an empty table reports 0 loaded; the next id is still 1."""
+    report = await _load(empty_db, _csv(tmp_path, HEADER))
+
+    assert (report.rows, report.loaded, report.max_payment_id) == (0, 0, None)
+    async with empty_db.begin() as connection:
+        new_id = await connection.scalar(
+            text(
+                "INSERT INTO payments (trip_id, amount, method, status, reference) "
+                "VALUES (9000003, 1.00, 'CASH', 'SUCCESS', 'SEQ-CHECK-3') RETURNING id"
+            )
+        )
+    assert new_id == 1
+
+
 async def test_valid_small_file_keeps_exact_amounts_and_utc_times(
     empty_db: AsyncEngine, tmp_path: Path
 ) -> None:
