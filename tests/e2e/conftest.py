@@ -397,14 +397,14 @@ async def e2e_engine(e2e_database: URL) -> AsyncIterator[AsyncEngine]:
 
 def service_env(database: URL, peers: Sandbox, port: int, **extra: str) -> dict[str, str]:
     """The environment an operator gives `serve`: DATABASE_URL, peers, port, no rate limit."""
-    return hermetic_env(
+    env = {
         **DEFAULT_SERVICE_ENV,
-        DATABASE_URL=plain_url(database),
-        TRIP_SERVICE_URL=peers.trip_url,
-        NOTIFICATION_SERVICE_URL=peers.notification_url,
-        SERVICE_PORT=str(port),
-        **extra,
-    )
+        "DATABASE_URL": plain_url(database),
+        "TRIP_SERVICE_URL": peers.trip_url,
+        "NOTIFICATION_SERVICE_URL": peers.notification_url,
+        "SERVICE_PORT": str(port),
+    }
+    return hermetic_env(**(env | extra))
 
 
 @pytest.fixture
