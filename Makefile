@@ -158,7 +158,7 @@ clean: ## Remove build outputs and caches (keeps .venv, .env, .data and backups)
 	find . -path ./.venv -prune -o -type d -name __pycache__ -exec rm -rf {} +
 
 bench: $(STAMP) ## Load benchmark of the service (python -m bench)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 ci-tools: ## Install kubectl and promtool for tests/deploy when missing (scripts/ci-tools.sh)
 	bash scripts/ci-tools.sh

@@ -1,0 +1,512 @@
+"""`python -m bench` (`make bench`): the service under wrk against pgbench's ceiling, in one run.
+
+Steps:
+1. PostgreSQL (BENCH_DATABASE_URL, else embedded in a temp dir), a fresh database,
+   `payment-service migrate` and `seed`;
+2. `payment-service sandbox` (Trip and Notification stand-ins) and
+   `payment-service serve --workers N` with production settings (outbox dispatcher on)
+   minus the access log and the rate limit;
+3. one charge whose key the replay scenario repeats, and (embedded server) one request
+   of each scenario with `log_statement = 'all'`: the service's real SQL, checked against
+   bench/pgbench/*.sql;
+4. per scenario: a warm-up, a peak run (wrk as fast as the connections allow, worker RSS
+   sampled), then a paced run at half that peak rate (p99 at half load);
+5. the API is stopped, then pgbench runs charge.sql and point_read.sql with the same
+   client count and duration;
+6. one Markdown table on stdout, the whole run in bench/results/<timestamp>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench import ceiling, loadgen, report, sqllog, stack
+from bench.stack import BenchError
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPLAY_TRIP_ID = 1_000_000
+"""The first synthetic COMPLETED trip: charged once before the runs, the replay scenario's."""
+TRIP_BLOCK = 1_000_000_000
+"""Each wrk charge run gets trips [k * TRIP_BLOCK, (k+1) * TRIP_BLOCK); threads split it."""
+PGBENCH_TRIP_BLOCK = 1_000_000_000_000
+DRAIN_TIMEOUT_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    script: str
+    request: str
+    ceiling: str
+
+
+SCENARIOS = {
+    s.name: s
+    for s in (
+        Scenario("charge", "charge", "POST /v1/payments/charge (new key, fresh trip)", "charge"),
+        Scenario("replay", "replay", "POST /v1/payments/charge (same key: replay)", "point_read"),
+        Scenario("get_payment", "get_payment", "GET /v1/payments/{id}", "point_read"),
+        Scenario(
+            "list_payments",
+            "list_payments",
+            "GET /v1/payments?status=SUCCESS&limit=10",
+            "point_read",
+        ),
+        Scenario("health", "health", "GET /health", "point_read"),
+    )
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=(
+            "Load-test the Payment Service (wrk) and measure the database's ceiling for the "
+            "same SQL (pgbench) in one run. PostgreSQL: BENCH_DATABASE_URL, else embedded."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--duration", type=float, default=10.0, help="seconds per scenario and per pgbench run"
+    )
+    parser.add_argument(
+        "--connections", type=int, default=16, help="wrk connections = pgbench clients"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads = pgbench threads")
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help="comma-separated subset of: " + ", ".join(SCENARIOS),
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=3.0, help="unrecorded seconds before each run"
+    )
+    parser.add_argument(
+        "--paced-fraction",
+        type=float,
+        default=0.5,
+        help="paced run at this fraction of each scenario's peak rate (0: no paced runs)",
+    )
+    parser.add_argument(
+        "--paced-duration",
+        type=float,
+        default=None,
+        help="seconds per paced run (default: --duration)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="JSON results file (default: bench/results/<timestamp>.json)",
+    )
+    parser.add_argument(
+        "--show-sql", action="store_true", help="print the SQL captured from the service"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temp dir (logs, database) for inspection"
+    )
+    args = parser.parse_args(argv)
+    names = [name.strip() for name in args.scenarios.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SCENARIOS]
+    if unknown or not names:
+        parser.error(
+            f"unknown scenario(s) {', '.join(unknown) or '(none given)'}; "
+            f"choose from {', '.join(SCENARIOS)}"
+        )
+    args.scenario_list = names
+    if args.connections < 1 or args.threads < 1 or args.workers < 1 or args.duration < 1:
+        parser.error("--connections, --threads, --workers must be >= 1 and --duration >= 1")
+    if args.threads > args.connections:
+        args.threads = args.connections
+    if args.paced_duration is None:
+        args.paced_duration = args.duration
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        wrk = loadgen.find_wrk()
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        pgbench = ceiling.find_pgbench()
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    started = datetime.now(UTC)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    output = args.output or RESULTS_DIR / f"{stamp}.json"
+    workdir = Path(tempfile.mkdtemp(prefix="payment-bench-"))
+    bench = Bench(args, wrk=wrk, pgbench=pgbench, workdir=workdir, run_id=stamp.lower())
+    try:
+        result = bench.run(started)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if args.keep:
+            print(f"kept {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    report.write_json(result, output)
+    print(report.render(result))
+    print(f"\nresults: {output}")
+    return 0
+
+
+class Bench:
+    def __init__(
+        self, args: argparse.Namespace, *, wrk: str, pgbench: str, workdir: Path, run_id: str
+    ):
+        self.args = args
+        self.wrk = wrk
+        self.pgbench = pgbench
+        self.workdir = workdir
+        self.run_id = run_id
+        self.charge_runs = 0
+        self.pgbench_runs = 0
+        self.replay_body = ""
+        self.replay_payment_id = 0
+
+    def log(self, message: str) -> None:
+        print(f"[bench {datetime.now(UTC):%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+    # -- the whole run --------------------------------------------------------------------
+
+    def run(self, started: datetime) -> dict[str, Any]:
+        args = self.args
+        result: dict[str, Any] = {
+            "started_at": started.isoformat(timespec="seconds"),
+            "machine": report.machine(),
+            "config": {
+                "duration": args.duration,
+                "connections": args.connections,
+                "threads": args.threads,
+                "workers": args.workers,
+                "warmup": args.warmup,
+                "paced_fraction": args.paced_fraction,
+                "paced_duration": args.paced_duration,
+                "scenarios": args.scenario_list,
+            },
+            "tools": {
+                "wrk": loadgen.wrk_version(self.wrk),
+                "pgbench": ceiling.pgbench_version(self.pgbench),
+            },
+            "scenarios": {},
+            "ceilings": {},
+        }
+        t0 = time.monotonic()
+        result["load_average"] = {"before": [round(x, 2) for x in os.getloadavg()]}
+        with stack.postgres(self.workdir) as server:
+            result["postgres"] = {
+                "version": server.version,
+                "kind": "embedded" if server.embedded else "BENCH_DATABASE_URL",
+            }
+            self.log(f"PostgreSQL {server.version} ({result['postgres']['kind']})")
+            with stack.fresh_database(server, f"bench_{self.run_id}", keep=args.keep) as db:
+                self.db = db
+                env = {"DATABASE_URL": db.render_as_string(hide_password=False)}
+                stack.run_cli(["migrate"], env=env, cwd=self.workdir)
+                self.log(
+                    stack.run_cli(
+                        ["seed", "--file", str(stack.SEED_FILE)], env=env, cwd=self.workdir
+                    )
+                )
+                with stack.running_service(db, self.workdir, args.workers) as service:
+                    self.log(
+                        f"API on {service.base_url}, {args.workers} worker(s): "
+                        f"{service.worker_pids()}"
+                    )
+                    self._prime(service)
+                    self._capture_sql(server, service, result)
+                    for name in args.scenario_list:
+                        result["scenarios"][name] = self._scenario(SCENARIOS[name], service)
+                self.log("API stopped; measuring the ceiling with pgbench")
+                needed = {SCENARIOS[name].ceiling for name in args.scenario_list}
+                for script in ("charge", "point_read"):
+                    if script in needed:
+                        result["ceilings"][script] = self._ceiling(script)
+        for row in result["scenarios"].values():
+            ceiling_row = result["ceilings"].get(row["ceiling"])
+            if ceiling_row and ceiling_row["tps"]:
+                row["ratio"] = round(row["peak"]["rps"] / ceiling_row["tps"], 4)
+        result["verdicts"] = report.verdicts(result)
+        result["load_average"]["after"] = [round(x, 2) for x in os.getloadavg()]
+        result["elapsed_seconds"] = round(time.monotonic() - t0, 1)
+        return result
+
+    # -- before the runs ------------------------------------------------------------------
+
+    def _prime(self, service: stack.Service) -> None:
+        """Charge the replay key once, and touch every endpoint once per connection slot."""
+        body = {
+            "idempotency_key": f"bench-{self.run_id}-replay",
+            "trip_id": REPLAY_TRIP_ID,
+            "method": "CARD",
+        }
+        self.replay_body = json.dumps(body, separators=(",", ":"))
+        with httpx.Client(base_url=service.base_url, timeout=10) as http:
+            for path in ("/health", "/v1/payments/1", "/v1/payments?status=SUCCESS&limit=10"):
+                http.get(path).raise_for_status()
+
+    def _capture_sql(
+        self, server: stack.Postgres, service: stack.Service, result: dict[str, Any]
+    ) -> None:
+        """One request of each kind with the statement log on; check the pgbench scripts."""
+        http = httpx.Client(base_url=service.base_url, timeout=10)
+        headers = {"Content-Type": "application/json"}
+
+        def charge() -> None:
+            response = http.post("/v1/payments/charge", content=self.replay_body, headers=headers)
+            if response.status_code != 201:
+                raise BenchError(
+                    f"the priming charge answered {response.status_code}: {response.text[:300]}"
+                )
+            self.replay_payment_id = int(response.json()["payment_id"])
+
+        def replay() -> None:
+            response = http.post("/v1/payments/charge", content=self.replay_body, headers=headers)
+            if response.headers.get("Idempotent-Replayed") != "true":
+                raise BenchError(f"the replay was not replayed ({response.status_code})")
+
+        actions = {
+            "charge": charge,
+            "replay": replay,
+            "get_payment": lambda: http.get(
+                f"/v1/payments/{self.replay_payment_id}"
+            ).raise_for_status(),
+            "list_payments": lambda: http.get(
+                "/v1/payments?status=SUCCESS&limit=10"
+            ).raise_for_status(),
+            "health": lambda: http.get("/health").raise_for_status(),
+        }
+        try:
+            if not server.embedded or server.log_file is None:
+                result["sql_check_skipped"] = (
+                    "BENCH_DATABASE_URL: the server's log is not readable from here; "
+                    "run without it (embedded PostgreSQL) to check bench/pgbench/*.sql"
+                )
+                charge()
+                return
+
+            def admin(*statements: str) -> None:
+                asyncio.run(stack.admin_execute(server.admin_url, *statements))
+
+            captures: dict[str, sqllog.Capture] = {}
+            with sqllog.StatementLog(server.log_file, admin) as statement_log:
+                for name, action in actions.items():
+                    captures[name] = statement_log.capture(name, action)
+            result["sql"] = {name: capture.as_json() for name, capture in captures.items()}
+            result["round_trips"] = {
+                name: capture.round_trips for name, capture in captures.items()
+            }
+            checks = [
+                sqllog.check_script(ceiling.PGBENCH_DIR / "charge.sql", captures["charge"]),
+                sqllog.check_script(
+                    ceiling.PGBENCH_DIR / "point_read.sql", captures["get_payment"]
+                ),
+            ]
+            result["sql_checks"] = [check.as_json() for check in checks]
+            for check in checks:
+                self.log(
+                    f"SQL check {check.script}: "
+                    + (
+                        "matches the service's log"
+                        if check.matches
+                        else "DIFFERS from the service's log"
+                    )
+                )
+            if self.args.show_sql:
+                for name, capture in captures.items():
+                    print(f"-- {name}: {capture.round_trips} round trips", file=sys.stderr)
+                    for statement in capture.statements:
+                        print(" ".join(statement.sql.split()), file=sys.stderr)
+                        if statement.parameters:
+                            print(f"--   parameters: {statement.parameters}", file=sys.stderr)
+        finally:
+            http.close()
+
+    # -- one scenario ---------------------------------------------------------------------
+
+    def _scenario(self, scenario: Scenario, service: stack.Service) -> dict[str, Any]:
+        args = self.args
+        row: dict[str, Any] = {"request": scenario.request, "ceiling": scenario.ceiling}
+        if args.warmup > 0:
+            self.log(f"{scenario.name}: warm-up {args.warmup:g} s")
+            self._wrk(scenario, service, args.warmup)
+        self._checkpoint()
+        self.log(f"{scenario.name}: peak run {args.duration:g} s, {args.connections} connections")
+        before = self._charge_block() if scenario.name == "charge" else None
+        with loadgen.RssSampler(service.worker_pids) as rss:
+            peak = self._wrk(scenario, service, args.duration)
+        row["peak"] = peak.as_json()
+        row["max_rss_mb"] = rss.max_mb
+        row["rss_mb_per_worker"] = rss.per_worker_mb()
+        self.log(
+            f"{scenario.name}: {peak.rps:,.1f} req/s, p99 {peak.latency_ms['p99']:.2f} ms, "
+            f"non-2xx {peak.non_2xx}, socket errors {peak.socket_error_count}, "
+            f"max RSS {rss.max_mb} MB"
+        )
+        if scenario.name == "charge" and before is not None:
+            row["check"], row["outbox"] = self._charge_aftermath(before, peak)
+        if args.paced_fraction > 0 and peak.rps >= 2:
+            rate = peak.rps * args.paced_fraction
+            self._checkpoint()
+            self.log(f"{scenario.name}: paced run {args.paced_duration:g} s at {rate:,.1f} req/s")
+            with loadgen.RssSampler(service.worker_pids) as paced_rss:
+                paced = self._wrk(scenario, service, args.paced_duration, rate=rate)
+            row["paced"] = paced.as_json()
+            row["max_rss_mb"] = max(
+                filter(None, [row["max_rss_mb"], paced_rss.max_mb]), default=None
+            )
+            self.log(
+                f"{scenario.name}: paced {paced.rps:,.1f} req/s, "
+                f"p99 {paced.latency_ms['p99']:.2f} ms"
+            )
+            if scenario.name == "charge":
+                self._drain_outbox()
+        return row
+
+    def _wrk(
+        self, scenario: Scenario, service: stack.Service, duration: float, rate: float | None = None
+    ) -> loadgen.WrkResult:
+        env = {"BENCH_RUN_ID": self.run_id}
+        if scenario.name == "charge":
+            self.charge_runs += 1
+            env["BENCH_TRIP_BASE"] = str(self.charge_runs * TRIP_BLOCK)
+        elif scenario.name == "replay":
+            env["BENCH_REPLAY_BODY"] = self.replay_body
+        elif scenario.name == "get_payment":
+            env["BENCH_IDS_FILE"] = str(self._ids_file())
+        return loadgen.run_wrk(
+            wrk=self.wrk,
+            url=service.base_url,
+            script=scenario.script,
+            duration=duration,
+            connections=self.args.connections,
+            threads=self.args.threads,
+            env=env,
+            rate=rate,
+        )
+
+    def _charge_block(self) -> tuple[int, int]:
+        """The trip-id range the next charge run will use."""
+        first = (self.charge_runs + 1) * TRIP_BLOCK
+        return first, first + TRIP_BLOCK
+
+    def _charge_aftermath(
+        self, block: tuple[int, int], peak: loadgen.WrkResult
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """What the charge run recorded (payments by status) and the outbox it left behind."""
+        rows = self._query(
+            "SELECT status, count(*) FROM payments "
+            "WHERE trip_id >= $1 AND trip_id < $2 GROUP BY status",
+            *block,
+        )
+        statuses = {str(status): int(count) for status, count in rows}  # type: ignore[call-overload]
+        outbox = self._query(
+            "SELECT count(*) FILTER (WHERE o.status = 'PENDING'), count(*) "
+            "FROM notification_outbox o JOIN payments p ON p.id = o.payment_id "
+            "WHERE p.trip_id >= $1 AND p.trip_id < $2",
+            *block,
+        )[0]
+        pending, created = int(outbox[0]), int(outbox[1])  # type: ignore[call-overload]
+        check = {
+            "payments_created": sum(statuses.values()),
+            "statuses": statuses,
+            "answered_requests": peak.requests,
+        }
+        outbox_row: dict[str, Any] = {"created": created, "pending_at_end": pending}
+        drained, seconds = self._drain_outbox()
+        outbox_row["drained"] = drained
+        outbox_row["drain_seconds"] = round(seconds, 1)
+        if pending and seconds > 0:
+            outbox_row["drain_rate_per_s"] = round(pending / seconds, 1)
+        self.log(
+            f"charge: {check['payments_created']} payments recorded, "
+            f"outbox {pending}/{created} pending "
+            f"at the end, drained in {seconds:.1f} s"
+        )
+        return check, outbox_row
+
+    def _drain_outbox(self) -> tuple[bool, float]:
+        """Wait for the dispatcher to deliver every message (so it doesn't load the next run)."""
+        start = time.monotonic()
+        while time.monotonic() - start < DRAIN_TIMEOUT_SECONDS:
+            pending = self._query(
+                "SELECT count(*) FROM notification_outbox WHERE status = 'PENDING'"
+            )[0][0]
+            if not pending:
+                return True, time.monotonic() - start
+            time.sleep(0.25)
+        return False, time.monotonic() - start
+
+    def _ids_file(self) -> Path:
+        path = self.workdir / "payment_ids.txt"
+        if not path.exists():
+            ids = [row[0] for row in self._query("SELECT id FROM payments ORDER BY id")]
+            path.write_text("\n".join(str(i) for i in ids) + "\n")
+        return path
+
+    def _query(self, sql: str, *params: object) -> list[tuple[object, ...]]:
+        return asyncio.run(stack.fetch(self.db, sql, *params))
+
+    def _checkpoint(self) -> None:
+        """Start each measured run without a pending checkpoint (needs superuser; else skipped)."""
+        with contextlib.suppress(Exception):
+            asyncio.run(stack.admin_execute(self.db, "CHECKPOINT"))
+
+    # -- the ceiling ----------------------------------------------------------------------
+
+    def _ceiling(self, script: str) -> dict[str, Any]:
+        args = self.args
+        env = stack.libpq_env(self.db)
+        if args.warmup > 0:
+            self.log(f"pgbench {script}.sql: warm-up {args.warmup:g} s")
+            self._pgbench(script, env, args.warmup)
+        self._checkpoint()
+        self.log(f"pgbench {script}.sql: {args.duration:g} s, {args.connections} clients")
+        result = self._pgbench(script, env, args.duration)
+        self.log(
+            f"pgbench {script}.sql: {result.tps:,.1f} tps, p99 {result.latency_ms['p99']:.2f} ms"
+        )
+        return result.as_json()
+
+    def _pgbench(self, script: str, env: dict[str, str], duration: float) -> ceiling.PgbenchResult:
+        self.pgbench_runs += 1
+        if script == "charge":
+            defines = {"n": "0", "base": str(self.pgbench_runs * PGBENCH_TRIP_BLOCK)}
+        else:
+            low, high = self._query("SELECT min(id), max(id) FROM payments")[0]
+            defines = {"min_id": str(low), "max_id": str(high)}
+        return ceiling.run_pgbench(
+            pgbench=self.pgbench,
+            script=script,
+            clients=self.args.connections,
+            threads=self.args.threads,
+            duration=duration,
+            env=env,
+            defines=defines,
+            logdir=self.workdir / "pgbench",
+            tag=f"{script}_{self.pgbench_runs}",
+        )

@@ -1,0 +1,244 @@
+"""The run's results: one Markdown table, the verdicts against the targets, a JSON file."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+TARGETS = {
+    "charge_ratio": 0.30,
+    "point_read_ratio": 0.10,
+    "paced_p99_ms": 25.0,
+    "rss_mb": 150.0,
+}
+
+
+def machine() -> dict[str, Any]:
+    """nproc, CPU model, memory, kernel: what the figures were measured on."""
+    cpu_model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        cpu_model = platform.processor()
+    mem_mb = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_mb = int(line.split()[1]) // 1024
+                break
+    except OSError:
+        pass
+    try:
+        nproc = int(subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip())
+    except (OSError, ValueError):
+        nproc = os.cpu_count() or 0
+    return {
+        "nproc": nproc,
+        "cpu_model": cpu_model,
+        "memory_mb": mem_mb,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value * 100:.1f}%"
+
+
+HEADER = (
+    "| scenario | req/s | p50 ms | p90 ms | p99 ms | non-2xx | socket errors "
+    "| max RSS/worker MB | ceiling (pgbench) | ceiling tps | service/ceiling "
+    "| ½-peak req/s | ½-peak p99 ms |"
+)
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    lines = [HEADER, _separator()]
+    ceilings = result.get("ceilings", {})
+    for name, row in result["scenarios"].items():
+        peak = row["peak"]
+        paced = row.get("paced")
+        ceiling_name = row.get("ceiling")
+        ceiling = ceilings.get(ceiling_name) if ceiling_name else None
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    f"{name}",
+                    _fmt(peak["rps"]),
+                    _fmt(peak["latency_ms"]["p50"], 2),
+                    _fmt(peak["latency_ms"]["p90"], 2),
+                    _fmt(peak["latency_ms"]["p99"], 2),
+                    _fmt(peak["non_2xx"]),
+                    _fmt(sum(peak["socket_errors"].values())),
+                    _fmt(row.get("max_rss_mb")),
+                    f"{ceiling_name}.sql" if ceiling else "—",
+                    _fmt(ceiling["tps"]) if ceiling else "—",
+                    _pct(row.get("ratio")),
+                    _fmt(paced["rps"]) if paced else "—",
+                    _fmt(paced["latency_ms"]["p99"], 2) if paced else "—",
+                ]
+            )
+            + " |"
+        )
+    for ceiling in ceilings.values():
+        latency = ceiling["latency_ms"]
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    f"pgbench {ceiling['script']}",
+                    _fmt(ceiling["tps"]),
+                    _fmt(latency["p50"], 2),
+                    _fmt(latency["p90"], 2),
+                    _fmt(latency["p99"], 2),
+                    f"{ceiling['failed']} failed tx",
+                    "—",
+                    "—",
+                    "(the ceiling)",
+                    _fmt(ceiling["tps"]),
+                    "100%",
+                    "—",
+                    "—",
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def _separator() -> str:
+    columns = HEADER.count("|") - 1
+    return "|" + "|".join(["---"] + ["---:"] * (columns - 1)) + "|"
+
+
+def verdicts(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Where the run stands against issue 5's targets (None = not measured in this run)."""
+    scenarios = result["scenarios"]
+    out: list[dict[str, Any]] = []
+
+    charge = scenarios.get("charge")
+    if charge and charge.get("ratio") is not None:
+        errors = charge["peak"]["non_2xx"] + sum(charge["peak"]["socket_errors"].values())
+        out.append(
+            {
+                "target": "charge >= 30% of its pgbench ceiling, zero errors",
+                "measured": f"{_pct(charge['ratio'])}, {errors} errors",
+                "met": charge["ratio"] >= TARGETS["charge_ratio"] and errors == 0,
+            }
+        )
+    read = scenarios.get("get_payment")
+    if read and read.get("ratio") is not None:
+        out.append(
+            {
+                "target": "point reads >= 10% of the read ceiling",
+                "measured": _pct(read["ratio"]),
+                "met": read["ratio"] >= TARGETS["point_read_ratio"],
+            }
+        )
+    paced = {name: row["paced"] for name, row in scenarios.items() if row.get("paced")}
+    if paced:
+        worst = max(paced.items(), key=lambda item: item[1]["latency_ms"]["p99"])
+        detail = ", ".join(f"{name} {row['latency_ms']['p99']:.1f}" for name, row in paced.items())
+        out.append(
+            {
+                "target": "p99 < 25 ms at half the peak rate",
+                "measured": f"p99 ms: {detail} (worst: {worst[0]})",
+                "met": worst[1]["latency_ms"]["p99"] < TARGETS["paced_p99_ms"],
+            }
+        )
+    rss = [row["max_rss_mb"] for row in scenarios.values() if row.get("max_rss_mb")]
+    if rss:
+        out.append(
+            {
+                "target": "<= 150 MB RSS per worker",
+                "measured": f"max {max(rss):.1f} MB",
+                "met": max(rss) <= TARGETS["rss_mb"],
+            }
+        )
+    return out
+
+
+def render(result: dict[str, Any]) -> str:
+    """The table plus the lines that say what it was measured with and against."""
+    config = result["config"]
+    host = result["machine"]
+    lines = [
+        f"## Benchmark {result['started_at']} — {host['nproc']} × {host['cpu_model']}, "
+        f"{host['memory_mb']} MB RAM",
+        "",
+        f"{config['workers']} uvicorn workers, "
+        f"wrk -t{config['threads']} -c{config['connections']}, "
+        f"{config['duration']:g} s per scenario (warm-up {config['warmup']:g} s), "
+        f"pgbench -M prepared "
+        f"-c{config['connections']} -j{config['threads']} -T{config['duration']:g}; "
+        f"PostgreSQL {result['postgres']['version']} ({result['postgres']['kind']}).",
+        "",
+        markdown_table(result),
+        "",
+    ]
+    load = result.get("load_average")
+    if load:
+        lines.append(
+            f"- load average (1/5/15 min) before {load['before']}, after {load.get('after')}: "
+            "wrk, pgbench, the API and PostgreSQL share these cores (so do other processes)"
+        )
+    charge = result["scenarios"].get("charge")
+    if charge:
+        check = charge.get("check", {})
+        lines.append(
+            f"- charge: zero non-2xx: {'yes' if charge['peak']['non_2xx'] == 0 else 'NO'}; "
+            f"payments recorded {check.get('payments_created', '?')} for "
+            f"{charge['peak']['requests']} answered requests "
+            f"(statuses {check.get('statuses', {})})"
+        )
+        outbox = charge.get("outbox")
+        if outbox:
+            lines.append(
+                f"- outbox: {outbox['pending_at_end']} of {outbox['created']} messages still "
+                f"pending when the charge run ended; drained in "
+                f"{_fmt(outbox.get('drain_seconds'))} s"
+                + ("" if outbox.get("drained", True) else " (NOT drained in time)")
+            )
+    for check in result.get("sql_checks", []):
+        state = "matches" if check["matches"] else "DIFFERS from"
+        lines.append(
+            f"- SQL check: {check['script']} {state} the service's SQL log for {check['scenario']} "
+            f"({check['service_statements']} statements = round trips)"
+        )
+        for diff in check["differences"][:12]:
+            lines.append(f"    {diff}")
+    if result.get("sql_check_skipped"):
+        lines.append(f"- SQL check skipped: {result['sql_check_skipped']}")
+    round_trips = result.get("round_trips")
+    if round_trips:
+        lines.append(
+            "- database round trips per request: "
+            + ", ".join(f"{name} {count}" for name, count in round_trips.items())
+        )
+    lines.append("")
+    lines.append("Targets (issue 5):")
+    for verdict in result.get("verdicts", []):
+        mark = "met" if verdict["met"] else "NOT met"
+        lines.append(f"- {verdict['target']}: {verdict['measured']} — {mark}")
+    return "\n".join(lines)
+
+
+def write_json(result: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
