@@ -1,0 +1,122 @@
+"""`payment-service dev` (what `make run` runs): embedded PostgreSQL, seed, peers and API, stopped
+together on Ctrl-C, and able to start again after a crash left PostgreSQL running."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.e2e.conftest import ServiceProcess, StartProcess, free_port, hermetic_env, wait_until
+
+DEV_STARTUP_SECONDS = 90.0
+"""initdb on the first start, then migrate and seed, on a busy 2-core machine."""
+DEV_STOP_SECONDS = 20.0
+
+
+def postgres_processes(data_dir: Path) -> list[psutil.Process]:
+    """Every PostgreSQL process (postmaster and backends) serving `data_dir`."""
+    found = []
+    for process in psutil.process_iter(["name", "cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            cmdline = " ".join(process.info["cmdline"] or ())
+            is_postgres = process.info["name"] == "postgres" or "bin/postgres" in cmdline
+            if is_postgres and str(data_dir) in cmdline:
+                found.append(process)
+    return found
+
+
+def stop_postgres(data_dir: Path) -> None:
+    """Stop whatever PostgreSQL still serves `data_dir`: fast shutdown, then SIGKILL."""
+    processes = postgres_processes(data_dir)
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.send_signal(signal.SIGINT)  # the postmaster's "fast" shutdown
+    _, alive = psutil.wait_procs(processes, timeout=10)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
+@pytest.fixture(scope="module")
+def dev_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """EMBEDDED_PG_DIR shared by this module's runs; no PostgreSQL is left on it afterwards."""
+    data_dir = (tmp_path_factory.mktemp("dev") / "postgres").resolve()
+    try:
+        yield data_dir
+    finally:
+        stop_postgres(data_dir)
+
+
+async def start_dev(start_process: StartProcess, data_dir: Path, name: str) -> ServiceProcess:
+    """`payment-service dev` on free ports, with no DATABASE_URL or DB_* in its environment."""
+    port = free_port()
+    env = hermetic_env(EMBEDDED_PG_DIR=str(data_dir), LOG_LEVEL="INFO", ACCESS_LOG="false")
+    assert not any(name.startswith(("DATABASE_URL", "DB_")) for name in env)
+    dev = await start_process(
+        "dev", "--port", str(port), "--trip-port", str(free_port()),
+        "--notification-port", str(free_port()), "--control-port", str(free_port()),
+        env=env, name=name, port=port,
+    )
+    await dev.wait_healthy(DEV_STARTUP_SECONDS)
+    return dev
+
+
+async def charge(dev: ServiceProcess, trip_id: int) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=dev.base_url, timeout=15) as client:
+        return await client.post(
+            "/v1/payments/charge",
+            json={"idempotency_key": f"e2e-dev-{trip_id}", "trip_id": trip_id, "method": "CARD"},
+        )
+
+
+async def stop_with_sigint(dev: ServiceProcess, data_dir: Path) -> None:
+    """Ctrl-C: the process exits 0 and takes its PostgreSQL down with it."""
+    dev.send_signal(signal.SIGINT)
+    code = await dev.wait_exit(DEV_STOP_SECONDS)
+    assert code == 0, f"dev exited with {code} after SIGINT:\n{dev.log_tail()}"
+    await wait_until(
+        lambda: not postgres_processes(data_dir), 5, "PostgreSQL still runs after Ctrl-C"
+    )
+    assert not (data_dir / "postmaster.pid").exists()
+
+
+async def test_dev_serves_the_seed_api_and_stops_postgres_on_sigint(
+    start_process: StartProcess, dev_data_dir: Path
+) -> None:
+    """dev with nothing configured: health UP, seeded payments, a charge; Ctrl-C stops all."""
+    dev = await start_dev(start_process, dev_data_dir, "dev")
+    assert "embedded PostgreSQL" in dev.log_text()
+    assert postgres_processes(dev_data_dir), "no PostgreSQL on the data dir while dev runs"
+
+    async with httpx.AsyncClient(base_url=dev.base_url, timeout=15) as client:
+        health = (await client.get("/health")).json()
+        assert health["status"] == "UP" and health["database_status"] == "UP"
+        page = await client.get("/v1/payments?status=SUCCESS&limit=10")
+        assert page.status_code == 200
+        assert len(page.json()["payments"]) == 10
+        assert {row["status"] for row in page.json()["payments"]} == {"SUCCESS"}
+    charged = await charge(dev, 1101)
+    assert charged.status_code == 201, charged.text
+
+    await stop_with_sigint(dev, dev_data_dir)
+
+
+async def test_dev_starts_after_a_crash_left_postgres_running(
+    start_process: StartProcess, dev_data_dir: Path
+) -> None:
+    """SIGKILL orphans the embedded PostgreSQL; the next dev on that data dir comes up healthy."""
+    crashed = await start_dev(start_process, dev_data_dir, "dev-crashed")
+    crashed.kill()
+    assert postgres_processes(dev_data_dir), "the crash should leave PostgreSQL running"
+
+    dev = await start_dev(start_process, dev_data_dir, "dev-after-crash")
+    charged = await charge(dev, 1102)
+    assert charged.status_code == 201, charged.text
+    await stop_with_sigint(dev, dev_data_dir)
