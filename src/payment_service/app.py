@@ -11,7 +11,9 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_fastapi_instrumentator import Instrumentator
+from starlette.responses import Response
 
 from payment_service import __version__
 from payment_service.api import charges, health, payments, receipts, refunds
@@ -78,11 +80,21 @@ def create_app(settings: Settings | None = None, *, run_dispatcher: bool | None 
         app.include_router(module.router)
 
     init_metric_series()
+    # HTTP metrics live in a registry of this app (a second app in one process, as in
+    # tests, would otherwise find the names taken and record nothing); business metrics
+    # are process-wide. /metrics serves both.
+    http_registry = CollectorRegistry(auto_describe=True)
     Instrumentator(
         should_group_status_codes=True,
         should_ignore_untemplated=True,
         excluded_handlers=["/metrics", "/static/.*"],
-    ).instrument(app).expose(app, include_in_schema=False, should_gzip=False)
+        registry=http_registry,
+    ).instrument(app)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        body = generate_latest(http_registry) + generate_latest(REGISTRY)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     if settings.rate_limit_enabled:
         app.add_middleware(RateLimitMiddleware, per_minute=settings.rate_limit_per_minute)

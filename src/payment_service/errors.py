@@ -169,14 +169,20 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
+        # Last resort (RequestIdMiddleware normally answers first, with the request id).
         log.exception("unhandled error", extra={"path": request.url.path})
-        return problem_response(
-            500,
-            "Internal Server Error",
-            "The server could not complete the request.",
-            type_="internal-error",
-            instance=request.url.path,
-        )
+        return internal_error_response(request.url.path)
+
+
+def internal_error_response(path: str) -> Response:
+    """The 500 problem: says nothing about internals."""
+    return problem_response(
+        500,
+        "Internal Server Error",
+        "The server could not complete the request.",
+        type_="internal-error",
+        instance=path,
+    )
 
 
 PROBLEM_SCHEMA: dict[str, Any] = {
@@ -200,7 +206,11 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses=` entries documenting problem+json errors of a route."""
+    """OpenAPI `responses=` entries documenting problem+json errors of a route.
+
+    429 (rate limit) and 500 can happen on every rate-limited route, so they are always listed.
+    """
+    statuses = tuple(sorted({*statuses, 429, 500}))
     descriptions = {
         400: "Malformed JSON or conflicting idempotency keys",
         404: "Not found",

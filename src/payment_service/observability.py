@@ -85,8 +85,27 @@ class RequestIdMiddleware:
                 message["headers"] = headers
             await send(message)
 
+        started = False
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send_with_id(message)
+
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_tracking)
+        except Exception:
+            # Unhandled errors are answered here, inside the request's context, so the
+            # 500 carries the request id; nothing about the error reaches the client.
+            logging.getLogger("payment_service.errors").exception(
+                "unhandled error", extra={"path": scope.get("path")}
+            )
+            if started:
+                raise
+            from payment_service.errors import internal_error_response
+
+            await internal_error_response(scope.get("path", ""))(scope, receive, send_with_id)
         finally:
             _request_id.reset(token)
 

@@ -11,12 +11,18 @@ from payment_service.dependencies import SessionDep
 from payment_service.errors import problem_responses
 from payment_service.jsonutil import MoneyJSONResponse
 from payment_service.repositories.payment import PaymentQuery
-from payment_service.schemas.payment import PaymentFilters, PaymentList, PaymentRead, payment_dict
+from payment_service.schemas.payment import (
+    MAX_ID,
+    PaymentFilters,
+    PaymentList,
+    PaymentRead,
+    payment_dict,
+)
 from payment_service.services import payments as payment_service
 
 router = APIRouter(prefix="/v1/payments", tags=["payments"], route_class=MoneyRoute)
 
-PaymentId = Annotated[int, Path(gt=0, le=2**63 - 1, description="Payment id")]
+PaymentId = Annotated[int, Path(gt=0, le=MAX_ID, description="Payment id")]
 
 
 @router.get(

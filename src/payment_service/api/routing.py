@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Coroutine
 from decimal import Decimal
 from typing import Any
 
-import simplejson
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
@@ -14,12 +14,13 @@ from fastapi.routing import APIRoute
 class _DecimalJSONRequest(Request):
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
-            self._json = simplejson.loads(await self.body(), parse_float=Decimal)
+            self._json = json.loads(await self.body(), parse_float=Decimal)
         return self._json
 
 
 class MoneyRoute(APIRoute):
-    """Parse request JSON with `parse_float=Decimal`."""
+    """Parse request JSON with `parse_float=Decimal` (stdlib json, so FastAPI still
+    recognises a malformed body and answers 400)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()

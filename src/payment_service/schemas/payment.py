@@ -11,6 +11,7 @@ from payment_service.models import Payment
 from payment_service.models.enums import PaymentMethod, PaymentStatus
 from payment_service.schemas.common import IdempotencyKeyStr, Money
 
+MAX_ID = 2**63 - 1  # ids are BIGINT: larger values are a 422, not a database error
 MetadataValue = Annotated[str, StringConstraints(max_length=500)]
 
 
@@ -65,13 +66,13 @@ class PaymentFilters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    trip_id: int | None = Field(None, gt=0)
+    trip_id: int | None = Field(None, gt=0, le=MAX_ID)
     status: PaymentStatus | None = None
     method: PaymentMethod | None = None
-    rider_id: int | None = Field(None, gt=0)
-    driver_id: int | None = Field(None, gt=0)
+    rider_id: int | None = Field(None, gt=0, le=MAX_ID)
+    driver_id: int | None = Field(None, gt=0, le=MAX_ID)
     limit: int = Field(100, ge=1, le=500)
-    offset: int = Field(0, ge=0)
+    offset: int = Field(0, ge=0, le=MAX_ID)
 
     @field_validator("status", "method", mode="before")
     @classmethod
@@ -85,10 +86,10 @@ class ChargeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     idempotency_key: IdempotencyKeyStr | None = None
-    trip_id: int = Field(gt=0)
+    trip_id: int = Field(gt=0, le=MAX_ID)
     method: PaymentMethod
-    rider_id: int | None = Field(None, gt=0)
-    driver_id: int | None = Field(None, gt=0)
+    rider_id: int | None = Field(None, gt=0, le=MAX_ID)
+    driver_id: int | None = Field(None, gt=0, le=MAX_ID)
     metadata: dict[Annotated[str, StringConstraints(max_length=64)], MetadataValue] | None = (
         Field(None, max_length=20)
     )

@@ -152,13 +152,64 @@ def parse_seed_file(path: Path) -> list[dict[str, Any]]:
                         f"{live_trips[row['trip_id']]}",
                     )
                 live_trips[row["trip_id"]] = line
+            row["_line"] = line
             rows.append(row)
     return rows
 
 
+async def _check_against_database(
+    session: AsyncSession, path: Path, rows: list[dict[str, Any]]
+) -> None:
+    """Rows that are new (by id) must not collide with other payments already stored.
+
+    A row whose id exists is "already present" and skipped; a new id whose trip already
+    has a live payment, or whose reference is taken, is an error naming its line.
+    """
+    existing = set(
+        (await session.scalars(
+            select(Payment.id).where(Payment.id.in_([row["payment_id"] for row in rows]))
+        )).all()
+    )
+    new_rows = [row for row in rows if row["payment_id"] not in existing]
+    if not new_rows:
+        return
+    live_trips = {
+        trip_id: payment_id
+        for trip_id, payment_id in (await session.execute(
+            select(Payment.trip_id, Payment.id).where(
+                Payment.status != PaymentStatus.FAILED.value,
+                Payment.trip_id.in_(
+                    [row["trip_id"] for row in new_rows if row["status"] != "FAILED"]
+                ),
+            )
+        )).all()
+    }
+    references = {
+        reference: payment_id
+        for reference, payment_id in (await session.execute(
+            select(Payment.reference, Payment.id).where(
+                Payment.reference.in_([row["reference"] for row in new_rows])
+            )
+        )).all()
+    }
+    for row in new_rows:
+        line = row["_line"]
+        if row["status"] != "FAILED" and row["trip_id"] in live_trips:
+            raise SeedFileError(
+                path, line, "trip_id",
+                f"trip {row['trip_id']} already has live payment {live_trips[row['trip_id']]}",
+            )
+        if row["reference"] in references:
+            raise SeedFileError(
+                path, line, "reference",
+                f"reference already used by payment {references[row['reference']]}",
+            )
+
+
 async def load_seed(session: AsyncSession, path: Path) -> SeedReport:
-    """Insert the file's rows in the caller's transaction; existing rows are skipped."""
+    """Insert the file's rows in the caller's transaction; rows whose id exists are skipped."""
     rows = parse_seed_file(path)
+    await _check_against_database(session, path, rows)
     loaded_ids: list[int] = []
     for start in range(0, len(rows), 1000):
         chunk = rows[start : start + 1000]
@@ -179,7 +230,7 @@ async def load_seed(session: AsyncSession, path: Path) -> SeedReport:
                     for row in chunk
                 ]
             )
-            .on_conflict_do_nothing()
+            .on_conflict_do_nothing(index_elements=[Payment.id])
             .returning(Payment.id, Payment.status, Payment.amount)
         )
         inserted = result.all()
