@@ -15,7 +15,6 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from fastapi import FastAPI
-from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -233,11 +232,6 @@ async def test_malformed_json_body_is_a_400_problem(client: httpx.AsyncClient) -
     assert_problem(response, 400)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: api/routing.py parses with simplejson, whose JSONDecodeError FastAPI does not "
-    "recognise, so errors.py's 'Malformed JSON' rendering never runs (generic 400 instead)",
-)
 async def test_malformed_json_body_is_rendered_as_malformed_json(
     client: httpx.AsyncClient,
 ) -> None:
@@ -297,11 +291,6 @@ async def test_unexpected_exception_is_a_500_problem_without_internals(
     assert logged, "the exception is logged server-side, with its traceback"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the 500 is rendered by Starlette's ServerErrorMiddleware, outside "
-    "RequestIdMiddleware, so the response lacks X-Request-ID",
-)
 async def test_unexpected_exception_still_returns_the_request_id(
     settings: Settings, exploding_app: FastAPI
 ) -> None:
@@ -369,19 +358,6 @@ async def test_metrics_expose_http_and_business_metrics(client: httpx.AsyncClien
     assert types["outbox_pending"] == "gauge"
 
 
-def _forget_http_metrics() -> None:
-    """Unregister the instrumentator's HTTP collectors from the default registry.
-
-    Works around a bug reported separately (see the xfail test below): only the first
-    `create_app()` of a process records HTTP metrics, because later Instrumentators find
-    their metric names taken in the global registry and silently instrument nothing.
-    """
-    names = REGISTRY._names_to_collectors  # no public API lists collectors by name
-    stale = {c for name, c in names.items() if name.startswith(("http_request", "http_response"))}
-    for collector in stale:
-        REGISTRY.unregister(collector)
-
-
 async def _http_metric_lines(settings: Settings, paths: list[str]) -> list[str]:
     """The http_requests_total lines of a new app's /metrics after requesting `paths`."""
     async with serving(settings) as http:
@@ -395,8 +371,6 @@ async def test_metrics_label_routes_by_template_not_raw_ids(
     seeded: AsyncEngine, settings: Settings
 ) -> None:
     """Requests to /v1/payments/1, /2 and a missing id count under /v1/payments/{payment_id}."""
-    _forget_http_metrics()
-
     lines = await _http_metric_lines(
         settings, ["/v1/payments/1", "/v1/payments/2", "/v1/payments/987654"]
     )
@@ -406,14 +380,8 @@ async def test_metrics_label_routes_by_template_not_raw_ids(
     assert not any(re.search(r"/v1/payments/\d", handler) for handler in handlers)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: app.py builds a new Instrumentator per create_app() on the global registry; "
-    "from the second app on, its HTTP metrics are duplicates and are silently not recorded",
-)
 async def test_every_app_instance_records_http_metrics(settings: Settings) -> None:
     """A second app built in the same process still counts its own requests."""
-    _forget_http_metrics()
     await _http_metric_lines(settings, ["/health/live"])
 
     lines = await _http_metric_lines(settings, ["/v1/payments/999999"])

@@ -288,14 +288,16 @@ async def test_bad_offset_is_a_422_problem(api: httpx.AsyncClient, offset: str) 
         ("method", "BITCOIN"),
         ("trip_id", "abc"),
         ("trip_id", "0"),
+        ("trip_id", "9223372036854775808"),
         ("rider_id", "-5"),
+        ("rider_id", "99999999999999999999"),
         ("driver_id", "x"),
     ],
 )
 async def test_bad_filter_value_is_a_422_problem(
     api: httpx.AsyncClient, name: str, value: str
 ) -> None:
-    """A bad filter value is a 422 problem naming the filter, never an empty list."""
+    """A bad or out-of-BIGINT filter value is a 422 naming the filter, never a 500 or []."""
     response = await api.get("/v1/payments", params={name: value})
 
     _assert_validation_problem(response, name)

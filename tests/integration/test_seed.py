@@ -322,12 +322,6 @@ async def test_bad_row_after_good_rows_loads_none_of_them(
     assert await _count(empty_db, "payment_events") == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: services/seed.py inserts with a target-less ON CONFLICT DO NOTHING, so a new "
-    "payment id whose trip already has a live payment (or whose reference is taken) is "
-    "silently counted as 'skipped (already present)'",
-)
 async def test_row_conflicting_with_another_payment_in_the_database_is_rejected(
     empty_db: AsyncEngine, tmp_path: Path
 ) -> None:
