@@ -93,10 +93,10 @@ def test_error_classes_carry_their_status(error: type[PaymentServiceError], stat
 
 
 def test_problem_responses_document_problem_json_for_each_status() -> None:
-    """`problem_responses(...)` gives one problem+json OpenAPI entry per status."""
+    """`problem_responses(...)` gives a problem+json entry per status, plus 429 and 500 always."""
     entries = problem_responses(404, 422, 599)
 
-    assert set(entries) == {404, 422, 599}
+    assert set(entries) == {404, 422, 429, 500, 599}
     for entry in entries.values():
         schema = entry["content"][PROBLEM_JSON]["schema"]
         assert set(schema["required"]) == {"type", "title", "status", "detail"}
