@@ -4,7 +4,9 @@ together on Ctrl-C, and able to start again after a crash left PostgreSQL runnin
 from __future__ import annotations
 
 import contextlib
+import shutil
 import signal
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,13 +47,19 @@ def stop_postgres(data_dir: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def dev_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """EMBEDDED_PG_DIR shared by this module's runs; no PostgreSQL is left on it afterwards."""
-    data_dir = (tmp_path_factory.mktemp("dev") / "postgres").resolve()
+def dev_data_dir() -> Iterator[Path]:
+    """EMBEDDED_PG_DIR shared by this module's runs; no PostgreSQL is left on it afterwards.
+
+    Not under pytest's basetemp: every pytest session chmods /tmp/pytest-of-<user> to 0700,
+    which locks out the unprivileged user the embedded server runs as when we are root.
+    """
+    parent = Path(tempfile.mkdtemp(prefix="payment-e2e-dev-")).resolve()
+    data_dir = parent / "postgres"
     try:
         yield data_dir
     finally:
         stop_postgres(data_dir)
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 async def start_dev(start_process: StartProcess, data_dir: Path, name: str) -> ServiceProcess:
