@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -37,19 +39,24 @@ def _asyncpg(url: str | URL) -> URL:
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[URL]:
+def server_url() -> Iterator[URL]:
     """The PostgreSQL server's admin URL: TEST_DATABASE_URL, else an embedded server."""
     if configured := os.environ.get("TEST_DATABASE_URL"):
         yield _asyncpg(configured)
         return
     from payment_service.embedded import EmbeddedPostgres
 
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data")
+    # Not under pytest's basetemp: a concurrent pytest run re-locks that folder to its
+    # owner, and the embedded server runs as another system user when we are root.
+    parent = Path(tempfile.mkdtemp(prefix="payment-test-pg-"))
+    parent.chmod(0o755)
+    server = EmbeddedPostgres(parent / "data")
     url = server.start()
     try:
         yield _asyncpg(url)
     finally:
         server.stop()
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 async def _admin(server_url: URL, statement: str) -> None:

@@ -27,7 +27,11 @@ class Settings(BaseSettings):
     """All settings of the service; see `.env.example` for what each one does."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        env_ignore_empty=True,  # `DB_PASS=` in a copied .env.example means "not set"
     )
 
     # Database: DATABASE_URL, else the DB_* parts, else an embedded PostgreSQL.

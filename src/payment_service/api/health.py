@@ -10,7 +10,7 @@ from payment_service import SERVICE_NAME, __version__
 from payment_service.errors import problem_responses
 from payment_service.jsonutil import MoneyJSONResponse
 from payment_service.schemas.health import Health, Readiness
-from payment_service.services.health import database_is_up, expected_revision, schema_revision
+from payment_service.services.health import database_is_up, expected_revision, schema_state
 
 router = APIRouter(tags=["health"])
 
@@ -49,9 +49,8 @@ async def live() -> dict[str, str]:
     responses={503: {"model": Readiness, "description": "Not ready"}, **problem_responses(500)},
 )
 async def ready(request: Request) -> MoneyJSONResponse:
-    revision = await schema_revision(request.app.state.engine)
+    up, revision = await schema_state(request.app.state.engine)
     head = expected_revision()
-    up = revision is not None or await database_is_up(request.app.state.engine)
     is_ready = up and revision is not None and (head is None or revision == head)
     body = {
         "status": "UP" if is_ready else "DOWN",

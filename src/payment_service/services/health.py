@@ -7,6 +7,7 @@ import logging
 from functools import lru_cache
 
 from sqlalchemy import text
+from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 log = logging.getLogger(__name__)
@@ -25,17 +26,20 @@ async def database_is_up(engine: AsyncEngine, timeout: float = HEALTH_TIMEOUT_SE
         return False
 
 
-async def schema_revision(
+async def schema_state(
     engine: AsyncEngine, timeout: float = HEALTH_TIMEOUT_SECONDS
-) -> str | None:
-    """The Alembic revision the database is at, or None when unreachable or unmigrated."""
+) -> tuple[bool, str | None]:
+    """(database reachable, Alembic revision or None) from one query under one deadline."""
     try:
         async with asyncio.timeout(timeout):
             async with engine.connect() as connection:
                 result = await connection.execute(text("SELECT version_num FROM alembic_version"))
-                return result.scalar_one_or_none()
-    except Exception:
-        return None
+                return True, result.scalar_one_or_none()
+    except ProgrammingError:  # reachable, but no alembic_version table: not migrated
+        return True, None
+    except Exception as exc:
+        log.warning("readiness check failed", extra={"error": type(exc).__name__})
+        return False, None
 
 
 @lru_cache(maxsize=1)
