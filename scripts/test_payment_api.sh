@@ -2,6 +2,7 @@
 # Smoke test of the seed service's API, with curl, exactly as an old client calls it.
 #
 #   BASE_URL=http://localhost:8082 scripts/test_payment_api.sh     (make test-api)
+#   TRIP_ID=1001 ...    try this trip first (the script moves on when it is already paid)
 #
 # Needs a running service whose Trip service knows the seeded trips (`make run`
 # starts both): trips 1001..1300 are COMPLETED and unpaid in seeds/rhfd_trips.csv.
@@ -103,8 +104,13 @@ key="smoke-charge-$RUN_ID"
 start=$(( $(date +%s) % 300 ))
 trip_id=""
 payment_id=""
-for attempt in $(seq 0 19); do
-    candidate=$(( 1001 + (start + attempt * 37) % 300 ))
+for attempt in $(seq 0 20); do
+    if [[ "$attempt" -eq 0 ]]; then
+        [[ -n "${TRIP_ID:-}" ]] || continue
+        candidate="$TRIP_ID"
+    else
+        candidate=$(( 1001 + (start + attempt * 37) % 300 ))
+    fi
     status="$(request POST /v1/payments/charge -H 'Content-Type: application/json' \
         -d "{\"idempotency_key\": \"$key-$candidate\", \"trip_id\": $candidate, \"method\": \"CARD\"}")"
     if [[ "$status" != "409" ]]; then
