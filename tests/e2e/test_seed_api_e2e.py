@@ -15,9 +15,11 @@ SMOKE_SCRIPT = ROOT / "scripts" / "test_payment_api.sh"
 UNPAID_TRIP = 1001  # seeds/README.md: 1001..1300 are COMPLETED and unpaid
 
 
-async def test_seed_curl_lines_work_against_serve(api: httpx.AsyncClient, peers: Sandbox) -> None:
-    """Every seed endpoint answers as the seed documented it: health, list, get, charge, refund,
-    receipt (JSON and HTML), metrics."""
+async def test_seed_curl_lines_work_against_serve(
+    service: ServiceProcess, api: httpx.AsyncClient, peers: Sandbox
+) -> None:
+    """Every seed endpoint answers as the seed documented it (health, list, get, charge, refund,
+    receipt JSON and HTML, metrics), and scripts/test_payment_api.sh passes against it."""
     health = await api.get("/health")
     assert health.status_code == 200
     assert health.json()["status"] == "UP" and health.json()["database_status"] == "UP"
@@ -78,10 +80,13 @@ async def test_seed_curl_lines_work_against_serve(api: httpx.AsyncClient, peers:
     assert metrics.status_code == 200
     assert 'payments_total{method="CARD",status="SUCCESS"}' in metrics.text
 
+    output = await run_smoke_script(service, TRIP_ID=str(UNPAID_TRIP))
+    assert f"charge (trip {UNPAID_TRIP})" not in output  # paid above: the script moved on
 
-async def test_smoke_script_passes_against_serve(service: ServiceProcess) -> None:
-    """scripts/test_payment_api.sh (make test-api) passes against `serve` with BASE_URL set."""
-    env = dict(service.env, BASE_URL=service.base_url)
+
+async def run_smoke_script(service: ServiceProcess, **extra_env: str) -> str:
+    """scripts/test_payment_api.sh (make test-api) with BASE_URL set: exit 0, no FAIL line."""
+    env = dict(service.env, BASE_URL=service.base_url, **extra_env)
     process = await asyncio.create_subprocess_exec(
         "bash", str(SMOKE_SCRIPT), env=env, cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -91,3 +96,4 @@ async def test_smoke_script_passes_against_serve(service: ServiceProcess) -> Non
     assert process.returncode == 0, text
     assert "FAIL" not in text
     assert text.rstrip().endswith("passed, 0 failed")
+    return text
