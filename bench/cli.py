@@ -232,6 +232,7 @@ class Bench:
                         ["seed", "--file", str(stack.SEED_FILE)], env=env, cwd=self.workdir
                     )
                 )
+                self.server = server
                 with stack.running_service(db, self.workdir, args.workers) as service:
                     self.log(
                         f"API on {service.base_url}, {args.workers} worker(s): "
@@ -357,9 +358,21 @@ class Bench:
         self._checkpoint()
         self.log(f"{scenario.name}: peak run {args.duration:g} s, {args.connections} connections")
         before = self._charge_block() if scenario.name == "charge" else None
-        with loadgen.RssSampler(service.worker_pids) as rss:
+        meter = loadgen.CpuMeter(
+            {
+                "api": lambda: [service.api.pid],
+                "sandbox": lambda: [service.sandbox.pid],
+                "postgres": self.server.postmaster_pids,
+            }
+        )
+        with loadgen.RssSampler(service.worker_pids) as rss, meter:
             peak = self._wrk(scenario, service, args.duration)
         row["peak"] = peak.as_json()
+        row["cpu_cores"] = meter.cores
+        if peak.requests:
+            row["api_cpu_ms_per_request"] = round(
+                meter.cpu_seconds["api"] * 1000 / peak.requests, 2
+            )
         row["max_rss_mb"] = rss.max_mb
         row["rss_mb_per_worker"] = rss.per_worker_mb()
         self.log(
@@ -486,11 +499,12 @@ class Bench:
             self._pgbench(script, env, args.warmup)
         self._checkpoint()
         self.log(f"pgbench {script}.sql: {args.duration:g} s, {args.connections} clients")
-        result = self._pgbench(script, env, args.duration)
+        with loadgen.CpuMeter({"postgres": self.server.postmaster_pids}) as meter:
+            result = self._pgbench(script, env, args.duration)
         self.log(
             f"pgbench {script}.sql: {result.tps:,.1f} tps, p99 {result.latency_ms['p99']:.2f} ms"
         )
-        return result.as_json()
+        return {**result.as_json(), "cpu_cores": meter.cores}
 
     def _pgbench(self, script: str, env: dict[str, str], duration: float) -> ceiling.PgbenchResult:
         self.pgbench_runs += 1

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,3 +175,63 @@ class RssSampler:
 
     def per_worker_mb(self) -> dict[str, float]:
         return {str(pid): round(rss / 2**20, 1) for pid, rss in sorted(self.max_rss.items())}
+
+
+class CpuMeter:
+    """CPU time each group of processes used while the `with` block ran, in cores busy.
+
+    Groups map a name to a function returning the group's root pids (their children
+    count too: uvicorn workers, PostgreSQL backends, also those that exited meanwhile).
+    "load generator" is the CPU of the processes this one waited for (wrk, pgbench).
+    """
+
+    def __init__(self, groups: Mapping[str, Callable[[], list[int]]]) -> None:
+        self._groups = groups
+        self._before: dict[str, float] = {}
+        self._children_before = 0.0
+        self._start = 0.0
+        self.cores: dict[str, float] = {}
+        self.cpu_seconds: dict[str, float] = {}
+
+    @staticmethod
+    def _total(roots: list[int]) -> float:
+        """CPU seconds of the roots (with their reaped children) and their live descendants."""
+        import psutil
+
+        total = 0.0
+        for root in roots:
+            try:
+                process = psutil.Process(root)
+                cpu = process.cpu_times()
+                total += cpu.user + cpu.system + cpu.children_user + cpu.children_system
+                descendants = process.children(recursive=True)
+            except psutil.Error:
+                continue
+            for member in descendants:
+                try:
+                    cpu = member.cpu_times()
+                except psutil.Error:
+                    continue
+                total += cpu.user + cpu.system
+        return total
+
+    @staticmethod
+    def _children() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    def __enter__(self) -> CpuMeter:
+        self._before = {name: self._total(pids()) for name, pids in self._groups.items()}
+        self._children_before = self._children()
+        self._start = time.monotonic()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        elapsed = max(time.monotonic() - self._start, 1e-9)
+        for name, pids in self._groups.items():
+            used = max(0.0, self._total(pids()) - self._before.get(name, 0.0))
+            self.cpu_seconds[name] = round(used, 3)
+            self.cores[name] = round(used / elapsed, 2)
+        used = self._children() - self._children_before
+        self.cpu_seconds["load generator"] = round(used, 3)
+        self.cores["load generator"] = round(used / elapsed, 2)

@@ -225,6 +225,30 @@ def render(result: dict[str, Any]) -> str:
             lines.append(f"    {diff}")
     if result.get("sql_check_skipped"):
         lines.append(f"- SQL check skipped: {result['sql_check_skipped']}")
+    ncpu = host.get("nproc")
+    cpu_rows = [
+        (name, row["cpu_cores"])
+        for name, row in [*result["scenarios"].items(), *result.get("ceilings", {}).items()]
+        if row.get("cpu_cores")
+    ]
+    if cpu_rows:
+        lines.append(
+            f"- CPU busy during the measured runs (cores, of {ncpu}): "
+            + "; ".join(
+                f"{name}: " + ", ".join(f"{group} {cores:.2f}" for group, cores in cores_by.items())
+                for name, cores_by in cpu_rows
+            )
+        )
+    per_request = {
+        name: row["api_cpu_ms_per_request"]
+        for name, row in result["scenarios"].items()
+        if row.get("api_cpu_ms_per_request") is not None
+    }
+    if per_request:
+        lines.append(
+            "- API CPU per request (ms, workers + dispatcher): "
+            + ", ".join(f"{name} {ms:.2f}" for name, ms in per_request.items())
+        )
     round_trips = result.get("round_trips")
     if round_trips:
         lines.append(

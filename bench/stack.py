@@ -89,6 +89,15 @@ class Postgres:
     log_file: Path | None = None
     version: str = ""
 
+    def postmaster_pids(self) -> list[int]:
+        """The embedded server's postmaster (its backends are its children); [] otherwise."""
+        if self.log_file is None:
+            return []
+        try:
+            return [int((self.log_file.parent / "postmaster.pid").read_text().split()[0])]
+        except (OSError, ValueError, IndexError):
+            return []
+
 
 @contextlib.contextmanager
 def postgres(workdir: Path) -> Iterator[Postgres]:
