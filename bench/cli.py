@@ -78,29 +78,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             "Load-test the Payment Service (wrk) and measure the database's ceiling for the "
             "same SQL (pgbench) in one run. PostgreSQL: BENCH_DATABASE_URL, else embedded."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "--duration", type=float, default=10.0, help="seconds per scenario and per pgbench run"
+        "--duration",
+        type=float,
+        default=10.0,
+        help="seconds per scenario and per pgbench run (%(default)g)",
     )
     parser.add_argument(
-        "--connections", type=int, default=16, help="wrk connections = pgbench clients"
+        "--connections",
+        type=int,
+        default=16,
+        help="wrk connections = pgbench clients (%(default)s)",
     )
-    parser.add_argument("--threads", type=int, default=2, help="wrk threads = pgbench threads")
-    parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="wrk threads = pgbench threads (%(default)s)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=2, help="uvicorn worker processes (%(default)s)"
+    )
     parser.add_argument(
         "--scenarios",
         default=",".join(SCENARIOS),
-        help="comma-separated subset of: " + ", ".join(SCENARIOS),
+        help="comma-separated subset of: " + ", ".join(SCENARIOS) + " (all)",
     )
     parser.add_argument(
-        "--warmup", type=float, default=3.0, help="unrecorded seconds before each run"
+        "--warmup", type=float, default=3.0, help="unrecorded seconds before each run (%(default)g)"
     )
     parser.add_argument(
         "--paced-fraction",
         type=float,
         default=0.5,
-        help="paced run at this fraction of each scenario's peak rate (0: no paced runs)",
+        help="paced run at this fraction of each scenario's peak rate, 0: none (%(default)g)",
     )
     parser.add_argument(
         "--paced-duration",
@@ -133,6 +142,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--connections, --threads, --workers must be >= 1 and --duration >= 1")
     if args.threads > args.connections:
         args.threads = args.connections
+    if args.threads > 99:
+        parser.error("--threads must be <= 99 (each wrk thread gets its own block of trip ids)")
     if args.paced_duration is None:
         args.paced_duration = args.duration
     return args
@@ -259,7 +270,7 @@ class Bench:
     # -- before the runs ------------------------------------------------------------------
 
     def _prime(self, service: stack.Service) -> None:
-        """Charge the replay key once, and touch every endpoint once per connection slot."""
+        """The replay scenario's request body, and one request to each read endpoint."""
         body = {
             "idempotency_key": f"bench-{self.run_id}-replay",
             "trip_id": REPLAY_TRIP_ID,
