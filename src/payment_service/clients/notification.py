@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from types import TracebackType
 from typing import Any
 
 import httpx
 
+from payment_service.clients.http import PeerClient
 from payment_service.jsonutil import dumps
 from payment_service.observability import REQUEST_ID_HEADER
 from payment_service.settings import Settings
@@ -37,34 +37,18 @@ def idempotency_key(message_id: int) -> str:
     return f"outbox-{message_id}"
 
 
-class NotificationClient:
-    """Async context manager owning the httpx client for the dispatcher's lifetime."""
+class NotificationClient(PeerClient):
+    """The Notification service: `POST /v1/notifications`, for the dispatcher's lifetime."""
 
     def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None):
-        self._settings = settings
-        self._transport = transport
-        self._http: httpx.AsyncClient | None = None
-
-    async def __aenter__(self) -> NotificationClient:
-        timeout = self._settings.notification_timeout_seconds
-        self._http = httpx.AsyncClient(
-            base_url=self._settings.notification_service_url,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 2.0)),
-            limits=httpx.Limits(max_connections=50, max_keepalive_connections=10),
-            transport=self._transport,
-            headers={"Accept": "application/json", "User-Agent": "payment-service"},
+        super().__init__(
+            base_url=settings.notification_service_url,
+            timeout=settings.notification_timeout_seconds,
+            connect_timeout=2.0,
+            max_connections=50,
+            transport=transport,
         )
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
+        self._settings = settings
 
     async def send(self, message_id: int, payload: dict[str, Any], request_id: str | None) -> None:
         """Deliver one message; returns on a 2xx, raises NotificationDeliveryError otherwise.
@@ -72,7 +56,6 @@ class NotificationClient:
         The whole call (connect, write, read) is bounded by NOTIFICATION_TIMEOUT_SECONDS,
         not only each phase, so the dispatcher's lease on the message always outlasts it.
         """
-        assert self._http is not None, "NotificationClient used outside its context"
         timeout = self._settings.notification_timeout_seconds
         body = dumps({**payload, "message_id": message_id})
         headers = {
@@ -82,7 +65,7 @@ class NotificationClient:
         }
         try:
             async with asyncio.timeout(timeout):
-                response = await self._http.post(NOTIFICATIONS_PATH, content=body, headers=headers)
+                response = await self.http.post(NOTIFICATIONS_PATH, content=body, headers=headers)
         except (TimeoutError, httpx.TimeoutException):
             raise NotificationDeliveryError(
                 f"the Notification service did not answer within {timeout:g} s"

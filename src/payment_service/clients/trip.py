@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from types import TracebackType
 from typing import Any
 
 import httpx
@@ -21,6 +20,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from payment_service.clients.http import PeerClient
 from payment_service.errors import ServiceUnavailableError
 from payment_service.jsonutil import loads
 from payment_service.observability import (
@@ -91,34 +91,18 @@ def _optional_decimal(value: Any) -> Decimal | None:
     return result
 
 
-class TripClient:
-    """Async context manager owning the httpx client for the app's lifetime."""
+class TripClient(PeerClient):
+    """The Trip service: `GET /v1/trips/{id}` with bounded retries."""
 
     def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None):
-        self._settings = settings
-        self._transport = transport
-        self._http: httpx.AsyncClient | None = None
-
-    async def __aenter__(self) -> TripClient:
-        timeout = self._settings.trip_service_timeout_seconds
-        self._http = httpx.AsyncClient(
-            base_url=self._settings.trip_service_url,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 1.0)),
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
-            transport=self._transport,
-            headers={"Accept": "application/json", "User-Agent": "payment-service"},
+        super().__init__(
+            base_url=settings.trip_service_url,
+            timeout=settings.trip_service_timeout_seconds,
+            connect_timeout=1.0,
+            max_connections=100,
+            transport=transport,
         )
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
+        self._settings = settings
 
     async def get_trip(self, trip_id: int) -> Trip | None:
         """The trip, or None when the Trip service says 404."""
@@ -134,7 +118,6 @@ class TripClient:
         return trip
 
     async def _get_with_retries(self, trip_id: int) -> Trip | None:
-        assert self._http is not None, "TripClient used outside its context"
         headers = {}
         if request_id := current_request_id():
             headers[REQUEST_ID_HEADER] = request_id
@@ -147,7 +130,7 @@ class TripClient:
         try:
             async for attempt in retrying:
                 with attempt:
-                    response = await self._http.get(f"/v1/trips/{trip_id}", headers=headers)
+                    response = await self.http.get(f"/v1/trips/{trip_id}", headers=headers)
                     if response.status_code >= 500:
                         raise _RetryableStatus(response.status_code)
         except _RetryableStatus as exc:
