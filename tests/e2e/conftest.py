@@ -12,6 +12,7 @@
   every process started is stopped at the end (SIGTERM, then SIGKILL after a bound).
 - `service`: one `payment-service serve` per test, healthy before the test starts;
   extra environment from `@pytest.mark.service_env(NAME="value", ...)`.
+- `run_smoke_script`: scripts/test_payment_api.sh (`make test-api`) against a process.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from payment_service.sandbox.runner import Sandbox, SandboxConfig, build_sandbox
 from payment_service.settings import Settings
-from tests.conftest import SEED_FILE, TRIPS_FILE
+from tests.conftest import ROOT, SEED_FILE, TRIPS_FILE
 
 CLI = Path(sys.executable).with_name("payment-service")
 STARTUP_TIMEOUT_SECONDS = 30.0
@@ -48,6 +49,7 @@ STOP_TIMEOUT_SECONDS = 15.0
 """Bound on a process exiting after SIGTERM/SIGINT before the fixture sends SIGKILL."""
 CLI_TIMEOUT_SECONDS = 60.0
 LOG_TAIL_LINES = 60
+SMOKE_SCRIPT = ROOT / "scripts" / "test_payment_api.sh"
 
 PROCESSES = pytest.StashKey[list["ServiceProcess"]]()
 
@@ -435,3 +437,18 @@ async def api(service: ServiceProcess) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client on the running `serve`."""
     async with httpx.AsyncClient(base_url=service.base_url, timeout=15.0) as client:
         yield client
+
+
+async def run_smoke_script(service: ServiceProcess, **extra_env: str) -> str:
+    """scripts/test_payment_api.sh (make test-api) with BASE_URL set: exit 0, no FAIL line."""
+    env = dict(service.env, BASE_URL=service.base_url, **extra_env)
+    process = await asyncio.create_subprocess_exec(
+        "bash", str(SMOKE_SCRIPT), env=env, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), 60)
+    text = output.decode()
+    assert process.returncode == 0, text
+    assert "FAIL" not in text
+    assert text.rstrip().endswith("passed, 0 failed")
+    return text

@@ -14,7 +14,14 @@ import httpx
 import psutil
 import pytest
 
-from tests.e2e.conftest import ServiceProcess, StartProcess, free_port, hermetic_env, wait_until
+from tests.e2e.conftest import (
+    ServiceProcess,
+    StartProcess,
+    free_port,
+    hermetic_env,
+    run_smoke_script,
+    wait_until,
+)
 
 DEV_STARTUP_SECONDS = 90.0
 """initdb on the first start, then migrate and seed, on a busy 2-core machine."""
@@ -98,7 +105,8 @@ async def stop_with_sigint(dev: ServiceProcess, data_dir: Path) -> None:
 async def test_dev_serves_the_seed_api_and_stops_postgres_on_sigint(
     start_process: StartProcess, dev_data_dir: Path
 ) -> None:
-    """dev with nothing configured: health UP, seeded payments, a charge; Ctrl-C stops all."""
+    """dev with nothing configured: health UP, seeded payments, a charge, the smoke script
+    passes; Ctrl-C stops everything, PostgreSQL included."""
     dev = await start_dev(start_process, dev_data_dir, "dev")
     assert "embedded PostgreSQL" in dev.log_text()
     assert postgres_processes(dev_data_dir), "no PostgreSQL on the data dir while dev runs"
@@ -112,6 +120,7 @@ async def test_dev_serves_the_seed_api_and_stops_postgres_on_sigint(
         assert {row["status"] for row in page.json()["payments"]} == {"SUCCESS"}
     charged = await charge(dev, 1101)
     assert charged.status_code == 201, charged.text
+    await run_smoke_script(dev)  # `make test-api` against `make run`
 
     await stop_with_sigint(dev, dev_data_dir)
 

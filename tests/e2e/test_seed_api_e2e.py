@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from decimal import Decimal
 
 import httpx
 
 from payment_service.sandbox.runner import Sandbox
-from tests.conftest import ROOT
-from tests.e2e.conftest import ServiceProcess
+from tests.e2e.conftest import ServiceProcess, run_smoke_script
 
-SMOKE_SCRIPT = ROOT / "scripts" / "test_payment_api.sh"
 UNPAID_TRIP = 1001  # seeds/README.md: 1001..1300 are COMPLETED and unpaid
 
 
@@ -82,18 +79,3 @@ async def test_seed_curl_lines_work_against_serve(
 
     output = await run_smoke_script(service, TRIP_ID=str(UNPAID_TRIP))
     assert f"charge (trip {UNPAID_TRIP})" not in output  # paid above: the script moved on
-
-
-async def run_smoke_script(service: ServiceProcess, **extra_env: str) -> str:
-    """scripts/test_payment_api.sh (make test-api) with BASE_URL set: exit 0, no FAIL line."""
-    env = dict(service.env, BASE_URL=service.base_url, **extra_env)
-    process = await asyncio.create_subprocess_exec(
-        "bash", str(SMOKE_SCRIPT), env=env, cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )
-    output, _ = await asyncio.wait_for(process.communicate(), 60)
-    text = output.decode()
-    assert process.returncode == 0, text
-    assert "FAIL" not in text
-    assert text.rstrip().endswith("passed, 0 failed")
-    return text
