@@ -411,9 +411,13 @@ def service_env(database: URL, peers: Sandbox, port: int, **extra: str) -> dict[
 
 @pytest.fixture
 def start_service(
-    start_process: StartProcess, e2e_database: URL, peers: Sandbox
+    e2e_database: URL, peers: Sandbox, start_process: StartProcess
 ) -> StartProcess:
-    """Factory: `await start_service(IDEMPOTENCY_LEASE_SECONDS="2")` -> a healthy `serve`."""
+    """Factory: `await start_service(IDEMPOTENCY_LEASE_SECONDS="2")` -> a healthy `serve`.
+
+    `start_process` comes last so that it is torn down first: the processes stop
+    before the peers are reset and the database is dropped.
+    """
 
     async def start(*, name: str = "serve", **extra: str) -> ServiceProcess:
         port = free_port()
