@@ -3,6 +3,7 @@
 - `database_url`: a fresh database for this test session, migrated to head.
 - `settings`: Settings for that database (no `.env`, rate limit and dispatcher off).
 - `app` / `client`: the ASGI app with its lifespan running, and an httpx client over it.
+- `sandbox` / `peers`: the sandbox Trip and Notification services on loopback.
 - `seeded`: truncates every table and loads the project's seed CSV (for exact counts).
 """
 
@@ -22,6 +23,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from payment_service.app import create_app
+from payment_service.sandbox.runner import Sandbox, SandboxConfig, build_sandbox
 from payment_service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +61,8 @@ def server_url() -> Iterator[URL]:
         shutil.rmtree(parent, ignore_errors=True)
 
 
-async def _admin(server_url: URL, statement: str) -> None:
+async def admin_sql(server_url: URL, statement: str) -> None:
+    """Run one statement outside a transaction (CREATE/DROP DATABASE)."""
     engine = create_async_engine(server_url, isolation_level="AUTOCOMMIT")
     try:
         async with engine.connect() as connection:
@@ -72,11 +75,11 @@ async def _admin(server_url: URL, statement: str) -> None:
 async def fresh_database(server_url: URL) -> AsyncIterator[URL]:
     """An empty database of its own, dropped at the end of the session."""
     name = f"payment_test_{uuid.uuid4().hex[:10]}"
-    await _admin(server_url, f'CREATE DATABASE "{name}"')
+    await admin_sql(server_url, f'CREATE DATABASE "{name}"')
     try:
         yield server_url.set(database=name)
     finally:
-        await _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin_sql(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
@@ -86,6 +89,27 @@ async def database_url(fresh_database: URL) -> str:
 
     await upgrade(fresh_database)
     return fresh_database.render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+async def sandbox() -> AsyncIterator[Sandbox]:
+    """The sandbox Trip and Notification services on free loopback ports, for the session."""
+    peers = build_sandbox(
+        SandboxConfig(
+            trip_port=0, notification_port=0, control_port=0, trips_file=TRIPS_FILE,
+            log_level=None,
+        )
+    )
+    async with peers:
+        yield peers
+
+
+@pytest.fixture
+async def peers(sandbox: Sandbox) -> AsyncIterator[Sandbox]:
+    """The sandbox, every peer up and normal with nothing recorded, before and after a test."""
+    await sandbox.reset()
+    yield sandbox
+    await sandbox.reset()
 
 
 @pytest.fixture(scope="session")

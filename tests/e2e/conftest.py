@@ -34,13 +34,12 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from payment_service.sandbox.runner import Sandbox, SandboxConfig, build_sandbox
+from payment_service.sandbox.runner import Sandbox
 from payment_service.settings import Settings
-from tests.conftest import ROOT, SEED_FILE, TRIPS_FILE
+from tests.conftest import ROOT, SEED_FILE, admin_sql
 
 CLI = Path(sys.executable).with_name("payment-service")
 STARTUP_TIMEOUT_SECONDS = 30.0
@@ -325,42 +324,12 @@ async def start_process(
 
 
 @pytest.fixture(scope="session")
-async def sandbox() -> AsyncIterator[Sandbox]:
-    """The sandbox Trip and Notification services on free loopback ports, for the session."""
-    peers = build_sandbox(
-        SandboxConfig(
-            trip_port=0, notification_port=0, control_port=0, trips_file=TRIPS_FILE,
-            log_level=None,
-        )
-    )
-    async with peers:
-        yield peers
-
-
-@pytest.fixture
-async def peers(sandbox: Sandbox) -> AsyncIterator[Sandbox]:
-    """The sandbox, every peer up and normal with nothing recorded, before and after a test."""
-    await sandbox.reset()
-    yield sandbox
-    await sandbox.reset()
-
-
-async def _admin(server_url: URL, statement: str) -> None:
-    engine = create_async_engine(server_url, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as connection:
-            await connection.execute(text(statement))
-    finally:
-        await engine.dispose()
-
-
-@pytest.fixture(scope="session")
 async def template_database(
     server_url: URL, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[URL]:
     """A database prepared by the real CLI: `migrate`, then `seed --file <the seed CSV>`."""
     name = f"payment_e2e_tmpl_{uuid.uuid4().hex[:10]}"
-    await _admin(server_url, f'CREATE DATABASE "{name}"')
+    await admin_sql(server_url, f'CREATE DATABASE "{name}"')
     url = server_url.set(database=name)
     try:
         env = hermetic_env(DATABASE_URL=plain_url(url), LOG_LEVEL="WARNING")
@@ -372,18 +341,18 @@ async def template_database(
         assert "350 rows, 350 loaded" in seeded.stdout, seeded.stdout
         yield url
     finally:
-        await _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin_sql(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
 async def e2e_database(server_url: URL, template_database: URL) -> AsyncIterator[URL]:
     """A fresh migrated and seeded database of this test's own, dropped afterwards."""
     name = f"payment_e2e_{uuid.uuid4().hex[:10]}"
-    await _admin(server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_database.database}"')
+    await admin_sql(server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_database.database}"')
     try:
         yield server_url.set(database=name)
     finally:
-        await _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin_sql(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

@@ -11,32 +11,11 @@ import httpx
 import pytest
 
 from payment_service.app import create_app
-from payment_service.sandbox.runner import Sandbox, SandboxConfig, build_sandbox
+from payment_service.sandbox.runner import Sandbox
 from payment_service.settings import Settings
-from tests.conftest import TRIPS_FILE, make_settings
+from tests.conftest import make_settings
 
 _trip_ids = itertools.count(random.randrange(1_000_000, 900_000_000, 1000))
-
-
-@pytest.fixture(scope="session")
-async def sandbox() -> AsyncIterator[Sandbox]:
-    """The sandbox Trip and Notification services on free loopback ports."""
-    peers = build_sandbox(
-        SandboxConfig(
-            trip_port=0, notification_port=0, control_port=0, trips_file=TRIPS_FILE,
-            log_level=None,
-        )
-    )
-    async with peers:
-        yield peers
-
-
-@pytest.fixture
-async def peers(sandbox: Sandbox) -> AsyncIterator[Sandbox]:
-    """The sandbox, reset to healthy before and after each test."""
-    await sandbox.reset()
-    yield sandbox
-    await sandbox.reset()
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from payment_service.migrations import downgrade, upgrade
 from payment_service.models import Base
 from payment_service.services.health import expected_revision
+from tests.conftest import admin_sql
 
 EXPECTED_TABLES = {
     "payments",
@@ -28,24 +29,15 @@ EXPECTED_TABLES = {
 }
 
 
-async def _admin(server_url: URL, statement: str) -> None:
-    engine = create_async_engine(server_url, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as connection:
-            await connection.execute(text(statement))
-    finally:
-        await engine.dispose()
-
-
 @pytest.fixture
 async def throwaway_url(server_url: URL) -> AsyncIterator[URL]:
     """An empty database of this test's own, dropped afterwards (the session DB is untouched)."""
     name = f"payment_mig_{uuid.uuid4().hex[:10]}"
-    await _admin(server_url, f'CREATE DATABASE "{name}"')
+    await admin_sql(server_url, f'CREATE DATABASE "{name}"')
     try:
         yield server_url.set(database=name)
     finally:
-        await _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin_sql(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def _schema(url: URL) -> tuple[set[str], list[str], set[str]]:
@@ -129,8 +121,8 @@ async def test_models_and_migration_agree(engine: AsyncEngine) -> None:
 async def test_model_comparison_detects_a_drifted_schema(throwaway_url: URL) -> None:
     """The comparison is not vacuous: a dropped index and column show up as differences."""
     await upgrade(throwaway_url)
-    await _admin(throwaway_url, "DROP INDEX ix_payments_status")
-    await _admin(throwaway_url, "ALTER TABLE refunds DROP COLUMN reason")
+    await admin_sql(throwaway_url, "DROP INDEX ix_payments_status")
+    await admin_sql(throwaway_url, "ALTER TABLE refunds DROP COLUMN reason")
     engine = create_async_engine(throwaway_url)
     try:
         async with engine.connect() as connection:
