@@ -187,7 +187,13 @@ def render(result: dict[str, Any]) -> str:
         f"{config['duration']:g} s per scenario (warm-up {config['warmup']:g} s), "
         f"pgbench -M prepared "
         f"-c{config['connections']} -j{config['threads']} -T{config['duration']:g}; "
-        f"PostgreSQL {result['postgres']['version']} ({result['postgres']['kind']}).",
+        f"PostgreSQL {result['postgres']['version']} ({result['postgres']['kind']})."
+        + (
+            " Service settings changed for this run: "
+            + ", ".join(f"{k}={v}" for k, v in config["service_env"].items())
+            if config.get("service_env")
+            else ""
+        ),
         "",
         markdown_table(result),
         "",
@@ -208,7 +214,9 @@ def render(result: dict[str, Any]) -> str:
             f"(statuses {check.get('statuses', {})})"
         )
         outbox = charge.get("outbox")
-        if outbox:
+        if outbox and outbox.get("dispatcher") == "off":
+            lines.append(f"- outbox: {outbox['created']} messages written, dispatcher off")
+        elif outbox:
             lines.append(
                 f"- outbox: {outbox['pending_at_end']} of {outbox['created']} messages still "
                 f"pending when the charge run ended; drained in "

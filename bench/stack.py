@@ -330,8 +330,13 @@ def service_env(
 
 
 @contextlib.contextmanager
-def running_service(database_url: URL, workdir: Path, workers: int) -> Iterator[Service]:
-    """`payment-service sandbox` and `payment-service serve --workers N`, ready to take load."""
+def running_service(
+    database_url: URL, workdir: Path, workers: int, overrides: Mapping[str, str] | None = None
+) -> Iterator[Service]:
+    """`payment-service sandbox` and `payment-service serve --workers N`, ready to take load.
+
+    `overrides` (the bench's --service-env) win over the production settings, for experiments.
+    """
     logdir = workdir / "logs"
     logdir.mkdir(parents=True, exist_ok=True)
     trip_port, notification_port, control_port, api_port = (free_port() for _ in range(4))
@@ -357,7 +362,10 @@ def running_service(database_url: URL, workdir: Path, workers: int) -> Iterator[
         trip_url = f"http://127.0.0.1:{trip_port}"
         notification_url = f"http://127.0.0.1:{notification_port}"
         wait_http(f"{trip_url}/health", sandbox)
-        env = service_env(database_url, trip_url, notification_url, api_port)
+        env = {
+            **service_env(database_url, trip_url, notification_url, api_port),
+            **(overrides or {}),
+        }
         api = start_process(
             "api",
             [cli_path(), "serve", "--workers", str(workers), "--port", str(api_port)],
