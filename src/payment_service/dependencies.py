@@ -1,4 +1,7 @@
-"""Request-scoped dependencies as `Annotated` aliases; the lifespan owns what they hand out."""
+"""Request-scoped dependencies as `Annotated` aliases; the lifespan owns what they hand out.
+
+They are `async def` on purpose: FastAPI runs plain `def` dependencies in its thread pool.
+"""
 
 from __future__ import annotations
 
@@ -16,11 +19,11 @@ if TYPE_CHECKING:
     from payment_service.clients.trip import TripClient
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_session_factory(request: Request) -> SessionFactory:
+async def get_session_factory(request: Request) -> SessionFactory:
     return request.app.state.session_factory
 
 
@@ -35,11 +38,11 @@ async def unit_of_work(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-def get_trip_client(request: Request) -> TripClient:
+async def get_trip_client(request: Request) -> TripClient:
     return request.app.state.trip_client
 
 
-def get_gateway(request: Request) -> PaymentGateway:
+async def get_gateway(request: Request) -> PaymentGateway:
     return request.app.state.gateway
 
 
