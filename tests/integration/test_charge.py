@@ -436,3 +436,17 @@ async def test_amounts_are_json_numbers(
     raw = json.loads(response.text, parse_float=Decimal)
     assert isinstance(raw["amount"], Decimal)
     assert -raw["amount"].as_tuple().exponent <= 2
+
+
+async def test_unknown_body_fields_are_ignored(
+    money_client: httpx.AsyncClient, new_trip_id: Callable[[], int]
+) -> None:
+    """An old client's extra fields (e.g. an amount) are ignored: the fare comes from the trip."""
+    trip_id = new_trip_id()
+    response = await money_client.post(
+        CHARGE, json=body(trip_id, "extras", amount=1.00, currency="USD")
+    )
+    assert response.status_code == 201
+    assert Decimal(str(response.json()["amount"])) == synthetic_trip(trip_id).total_fare
+    replay = await money_client.post(CHARGE, json=body(trip_id, "extras"))
+    assert replay.headers["Idempotent-Replayed"] == "true"

@@ -81,9 +81,13 @@ class PaymentFilters(BaseModel):
 
 
 class ChargeRequest(BaseModel):
-    """POST /v1/payments/charge body. The key may come in the `Idempotency-Key` header instead."""
+    """POST /v1/payments/charge body. The key may come in the `Idempotency-Key` header instead.
 
-    model_config = ConfigDict(extra="forbid")
+    Unknown fields are ignored (older clients send extras such as `amount`; the amount
+    always comes from the Trip service) and take no part in the idempotency fingerprint.
+    """
+
+    model_config = ConfigDict(extra="ignore")
 
     idempotency_key: IdempotencyKeyStr | None = None
     trip_id: int = Field(gt=0, le=MAX_ID)

@@ -12,7 +12,9 @@ from payment_service.schemas.common import IdempotencyKeyStr, Money
 
 
 class RefundRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown fields are ignored, as for charges."""
+
+    model_config = ConfigDict(extra="ignore")
 
     idempotency_key: IdempotencyKeyStr | None = None
     amount: Decimal | None = Field(
