@@ -70,15 +70,17 @@ async def test_event_and_outbox_are_written_with_the_payment(
 ) -> None:
     """The charge's event and outbox message commit with it."""
     response = await money_client.post(CHARGE, json=body(new_trip_id(), "charge-outbox"))
-    payment_id = response.json()["payment_id"]
+    payment_id, reference = response.json()["payment_id"], response.json()["reference"]
     async with engine.connect() as connection:
         events = (await connection.execute(
             text("SELECT event_type, to_status FROM payment_events WHERE payment_id = :p"),
             {"p": payment_id},
         )).all()
         outbox = (await connection.execute(
-            text("SELECT message_type, payload FROM notification_outbox WHERE payment_id = :p"),
-            {"p": payment_id},
+            # Other tests enqueue bare messages for arbitrary payment ids: match this payment.
+            text("SELECT message_type, payload FROM notification_outbox "
+                 "WHERE payment_id = :p AND payload->>'reference' = :r"),
+            {"p": payment_id, "r": reference},
         )).all()
     assert [(e.event_type, e.to_status) for e in events] == [("CHARGE_SUCCESS", "SUCCESS")]
     assert len(outbox) == 1 and outbox[0].message_type == "payment"

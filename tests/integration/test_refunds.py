@@ -243,8 +243,10 @@ async def test_refund_writes_event_and_outbox_message(
                  "WHERE payment_id = :p ORDER BY id"), {"p": payment["payment_id"]},
         )).all()
         messages = (await connection.execute(
+            # Other tests enqueue bare messages for arbitrary payment ids: match this trip.
             text("SELECT message_type, payload FROM notification_outbox WHERE payment_id = :p "
-                 "ORDER BY id"), {"p": payment["payment_id"]},
+                 "AND payload->>'trip_id' = :t ORDER BY id"),
+            {"p": payment["payment_id"], "t": str(payment["trip_id"])},
         )).all()
     assert [tuple(e) for e in events][-1] == ("REFUND", "SUCCESS", "PARTIALLY_REFUNDED")
     assert [m.message_type for m in messages] == ["payment", "refund"]
