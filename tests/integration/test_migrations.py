@@ -204,7 +204,7 @@ async def test_failed_and_then_successful_payment_for_one_trip_is_allowed(
 async def test_refunded_amount_above_amount_is_rejected(db: AsyncConnection) -> None:
     """refunded_amount > amount violates the CHECK constraint."""
     with pytest.raises(IntegrityError, match="ck_payments_refund_within_amount"):
-        await _insert_payment(db, amount="10.00", refunded_amount="10.01")
+        await _insert_payment(db, amount="10.00", refunded_amount="10.01", status="REFUNDED")
 
 
 async def test_refund_update_past_amount_is_rejected(db: AsyncConnection) -> None:
@@ -213,9 +213,33 @@ async def test_refund_update_past_amount_is_rejected(db: AsyncConnection) -> Non
 
     with pytest.raises(IntegrityError, match="ck_payments_refund_within_amount"):
         await db.execute(
-            text("UPDATE payments SET refunded_amount = 10.01 WHERE id = :id"),
+            text("UPDATE payments SET refunded_amount = 10.01, status = 'REFUNDED' "
+                 "WHERE id = :id"),
             {"id": payment_id},
         )
+
+
+@pytest.mark.parametrize(
+    ("status", "refunded", "constraint"),
+    [
+        ("SUCCESS", "1.00", "ck_payments_refund_status_matches_amount"),
+        ("REFUNDED", "0", "ck_payments_refund_status_matches_amount"),
+        ("REFUNDED", "4.00", "ck_payments_refunded_means_all"),
+        ("PARTIALLY_REFUNDED", "10.00", "ck_payments_partially_refunded_means_some"),
+    ],
+)
+async def test_status_must_match_the_refunded_amount(
+    db: AsyncConnection, status: str, refunded: str, constraint: str
+) -> None:
+    """REFUNDED means all, PARTIALLY_REFUNDED some, any other status nothing refunded."""
+    with pytest.raises(IntegrityError, match=constraint):
+        await _insert_payment(db, amount="10.00", refunded_amount=refunded, status=status)
+
+
+async def test_consistent_refund_states_are_accepted(db: AsyncConnection) -> None:
+    """Partial and full refund states that agree with the amounts are stored."""
+    await _insert_payment(db, amount="10.00", refunded_amount="4.00", status="PARTIALLY_REFUNDED")
+    await _insert_payment(db, amount="10.00", refunded_amount="10.00", status="REFUNDED")
 
 
 async def test_negative_amount_is_rejected(db: AsyncConnection) -> None:

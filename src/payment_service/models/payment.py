@@ -3,6 +3,8 @@
 Database-enforced rules live here:
 - `uq_payments_live_trip`: a trip has at most one payment that is not FAILED;
 - `ck_payments_refund_within_amount`: refunds can never sum past the amount;
+- `ck_payments_refund_status_matches_amount` (+ two more): the status says what was
+  refunded (REFUNDED = all of it, PARTIALLY_REFUNDED = some, other statuses = none);
 - CHECKs on method, status and non-negative money;
 - `payment_events` rejects UPDATE/DELETE through a trigger (see the migration).
 """
@@ -41,6 +43,17 @@ class Payment(Base):
         CheckConstraint("amount >= 0", name="amount_non_negative"),
         CheckConstraint(
             "refunded_amount >= 0 AND refunded_amount <= amount", name="refund_within_amount"
+        ),
+        CheckConstraint(
+            "(status IN ('PARTIALLY_REFUNDED', 'REFUNDED')) = (refunded_amount > 0)",
+            name="refund_status_matches_amount",
+        ),
+        CheckConstraint(
+            "status <> 'REFUNDED' OR refunded_amount = amount", name="refunded_means_all"
+        ),
+        CheckConstraint(
+            "status <> 'PARTIALLY_REFUNDED' OR refunded_amount < amount",
+            name="partially_refunded_means_some",
         ),
         CheckConstraint(f"method IN ({sql_in(PaymentMethod)})", name="method_valid"),
         CheckConstraint(f"status IN ({sql_in(PaymentStatus)})", name="status_valid"),
