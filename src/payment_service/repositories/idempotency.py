@@ -58,8 +58,11 @@ class IdempotencyRepository:
         )
         return result.scalar_one_or_none()
 
-    async def lock_existing(self, *, operation: str, client_id: str, key: str) -> KeyRow | None:
-        result = await self.session.execute(
+    async def find(
+        self, *, operation: str, client_id: str, key: str, lock: bool = False
+    ) -> KeyRow | None:
+        """The key's row; `lock=True` holds it (FOR UPDATE) until the transaction ends."""
+        statement = (
             select(
                 IdempotencyKey.id,
                 IdempotencyKey.fingerprint,
@@ -75,9 +78,10 @@ class IdempotencyRepository:
                 IdempotencyKey.client_id == client_id,
                 IdempotencyKey.key == key,
             )
-            .with_for_update()
         )
-        row = result.one_or_none()
+        if lock:
+            statement = statement.with_for_update()
+        row = (await self.session.execute(statement)).one_or_none()
         return KeyRow(**row._asdict()) if row else None
 
     async def take_over(

@@ -26,7 +26,7 @@ from payment_service.errors import BadRequestError, ConflictError, Unprocessable
 from payment_service.jsonutil import dumps
 from payment_service.models.enums import IdempotencyState
 from payment_service.observability import IDEMPOTENT_REPLAYS, mask_key
-from payment_service.repositories.idempotency import IdempotencyRepository
+from payment_service.repositories.idempotency import IdempotencyRepository, KeyRow
 from payment_service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,15 @@ class Idempotency:
         )
         if key_id is not None:
             return Claim(key_id, token)
-        row = await repo.lock_existing(**scope)
+        # A finished key never changes again (until it expires): replay it without a lock,
+        # so retries of one key do not queue behind each other.
+        row = await repo.find(**scope)
+        if row is not None and row.expires_at > row.db_now and (
+            row.state == IdempotencyState.COMPLETED.value
+            or row.fingerprint != request_fingerprint
+        ):
+            return self._finished(row, request_fingerprint)
+        row = await repo.find(**scope, lock=True)
         if row is None:  # deleted between our insert and select: try again
             return None
         if row.expires_at <= row.db_now:
@@ -130,14 +138,8 @@ class Idempotency:
                 ttl=self.ttl,
             )
             return Claim(row.id, token)
-        if row.fingerprint != request_fingerprint:
-            raise IdempotencyKeyReusedError(
-                "This idempotency key was used with a different request; use a new key."
-            )
-        if row.state == IdempotencyState.COMPLETED.value:
-            IDEMPOTENT_REPLAYS.labels(operation=self.operation).inc()
-            assert row.response_status is not None and row.response_body is not None
-            return StoredResponse(row.response_status, row.response_body.encode(), replayed=True)
+        if row.fingerprint != request_fingerprint or row.state == IdempotencyState.COMPLETED:
+            return self._finished(row, request_fingerprint)
         if row.locked_until is None or row.locked_until <= row.db_now:
             log.warning(
                 "taking over an idempotency key whose lease expired",
@@ -148,6 +150,16 @@ class Idempotency:
             )
             return Claim(row.id, token)
         return None
+
+    def _finished(self, row: KeyRow, request_fingerprint: str) -> StoredResponse:
+        """A key that is done, or taken by another request: replay it or refuse (422)."""
+        if row.fingerprint != request_fingerprint:
+            raise IdempotencyKeyReusedError(
+                "This idempotency key was used with a different request; use a new key."
+            )
+        IDEMPOTENT_REPLAYS.labels(operation=self.operation).inc()
+        assert row.response_status is not None and row.response_body is not None
+        return StoredResponse(row.response_status, row.response_body.encode(), replayed=True)
 
     async def claim(
         self,
