@@ -29,13 +29,15 @@ run: $(STAMP) ## Run everything locally: embedded PostgreSQL, migrations, seed, 
 test: $(STAMP) ## Run the whole test suite (TEST_DATABASE_URL, else an embedded PostgreSQL)
 	@bash scripts/ci-tools.sh || echo "warning: kubectl/promtool could not be installed; their checks skip here (CI installs them)" >&2
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/pytest
 
 test-fast: $(STAMP) ## Unit and integration tests only (no end-to-end servers)
 	$(BIN)/pytest tests/unit tests/integration
 
-lint: $(STAMP) ## ruff check
+lint: $(STAMP) ## ruff check and format check
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 format: $(STAMP) ## ruff format + fix imports
 	$(BIN)/ruff check --fix .

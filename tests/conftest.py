@@ -30,9 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SEED_FILE = ROOT / "seeds" / "rhfd_payments.csv"
 TRIPS_FILE = ROOT / "seeds" / "rhfd_trips.csv"
 SHARED_FIXTURE = ROOT.parent / "shared" / "fixtures" / "rhfd_payments.csv"
-TABLES = (
-    "payment_events, refunds, receipts, notification_outbox, idempotency_keys, payments"
-)
+TABLES = "payment_events, refunds, receipts, notification_outbox, idempotency_keys, payments"
 
 
 def _asyncpg(url: str | URL) -> URL:
@@ -96,7 +94,10 @@ async def sandbox() -> AsyncIterator[Sandbox]:
     """The sandbox Trip and Notification services on free loopback ports, for the session."""
     peers = build_sandbox(
         SandboxConfig(
-            trip_port=0, notification_port=0, control_port=0, trips_file=TRIPS_FILE,
+            trip_port=0,
+            notification_port=0,
+            control_port=0,
+            trips_file=TRIPS_FILE,
             log_level=None,
         )
     )
@@ -183,5 +184,3 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/e2e" in str(item.fspath):
             item.add_marker(pytest.mark.e2e)
-
-

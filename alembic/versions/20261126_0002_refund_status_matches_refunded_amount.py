@@ -23,9 +23,7 @@ CHECKS = {
         "(status IN ('PARTIALLY_REFUNDED', 'REFUNDED')) = (refunded_amount > 0)"
     ),
     "refunded_means_all": "status <> 'REFUNDED' OR refunded_amount = amount",
-    "partially_refunded_means_some": (
-        "status <> 'PARTIALLY_REFUNDED' OR refunded_amount < amount"
-    ),
+    "partially_refunded_means_some": ("status <> 'PARTIALLY_REFUNDED' OR refunded_amount < amount"),
 }
 
 

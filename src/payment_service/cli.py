@@ -251,8 +251,13 @@ def dev(
 
     # `dev` is the no-setup path: always the embedded database, whatever `.env` says.
     local = settings.model_copy(
-        update={"database_url": None, "db_host": None, "db_name": None, "db_user": None,
-                "db_pass": None}
+        update={
+            "database_url": None,
+            "db_host": None,
+            "db_name": None,
+            "db_user": None,
+            "db_pass": None,
+        }
     )
     with _database(local) as url:
         _run(_migrate(url))
@@ -307,4 +312,3 @@ def main() -> None:
     except ConfigurationError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_CONFIG)
-

@@ -102,8 +102,9 @@ def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
         loc = [str(part) for part in error.get("loc", ())]
         errors.append(
             {
-                "field": ".".join(loc[1:] if loc and loc[0] in {"body", "query", "path", "header"}
-                                  else loc),
+                "field": ".".join(
+                    loc[1:] if loc and loc[0] in {"body", "query", "path", "header"} else loc
+                ),
                 "location": loc[0] if loc else "",
                 "message": error.get("msg", "invalid value"),
                 "type": error.get("type", "value_error"),

@@ -113,8 +113,12 @@ async def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     """Run `payment-service *args` to completion without blocking the event loop."""
     process = await asyncio.create_subprocess_exec(
-        str(CLI), *args, env=dict(env), cwd=cwd,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        str(CLI),
+        *args,
+        env=dict(env),
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
@@ -306,8 +310,12 @@ async def start_process(
     ) -> ServiceProcess:
         label = name or f"{args[0]}-{len(started) + 1}"
         handle = ServiceProcess(
-            name=label, args=args, env=dict(env), cwd=workdir,
-            log_path=tmp_path / f"{label}.log", port=port,
+            name=label,
+            args=args,
+            env=dict(env),
+            cwd=workdir,
+            log_path=tmp_path / f"{label}.log",
+            port=port,
         )
         started.append(handle)
         handle.start()
@@ -379,9 +387,7 @@ def service_env(database: URL, peers: Sandbox, port: int, **extra: str) -> dict[
 
 
 @pytest.fixture
-def start_service(
-    e2e_database: URL, peers: Sandbox, start_process: StartProcess
-) -> StartProcess:
+def start_service(e2e_database: URL, peers: Sandbox, start_process: StartProcess) -> StartProcess:
     """Factory: `await start_service(IDEMPOTENCY_LEASE_SECONDS="2")` -> a healthy `serve`.
 
     `start_process` comes last so that it is torn down first: the processes stop
@@ -416,8 +422,12 @@ async def run_smoke_script(service: ServiceProcess, **extra_env: str) -> str:
     """scripts/test_payment_api.sh (make test-api) with BASE_URL set: exit 0, no FAIL line."""
     env = dict(service.env, BASE_URL=service.base_url, **extra_env)
     process = await asyncio.create_subprocess_exec(
-        "bash", str(SMOKE_SCRIPT), env=env, cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        "bash",
+        str(SMOKE_SCRIPT),
+        env=env,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     output, _ = await asyncio.wait_for(process.communicate(), 60)
     text = output.decode()

@@ -75,9 +75,18 @@ async def start_dev(start_process: StartProcess, data_dir: Path, name: str) -> S
     env = hermetic_env(EMBEDDED_PG_DIR=str(data_dir), LOG_LEVEL="INFO", ACCESS_LOG="false")
     assert not any(name.startswith(("DATABASE_URL", "DB_")) for name in env)
     dev = await start_process(
-        "dev", "--port", str(port), "--trip-port", str(free_port()),
-        "--notification-port", str(free_port()), "--control-port", str(free_port()),
-        env=env, name=name, port=port,
+        "dev",
+        "--port",
+        str(port),
+        "--trip-port",
+        str(free_port()),
+        "--notification-port",
+        str(free_port()),
+        "--control-port",
+        str(free_port()),
+        env=env,
+        name=name,
+        port=port,
     )
     await dev.wait_healthy(DEV_STARTUP_SECONDS)
     return dev

@@ -63,7 +63,8 @@ async def test_charge_and_refund_reach_the_notification_service(
 
     await wait_until(
         lambda: peers.notifications.matching(type="payment", payment_id=payment_id),
-        DELIVERY_TIMEOUT_SECONDS, "no payment notification",
+        DELIVERY_TIMEOUT_SECONDS,
+        "no payment notification",
     )
     (entry,) = peers.notifications.notifications
     assert entry["headers"]["x-request-id"] == "e2e-notify-charge"
@@ -76,7 +77,8 @@ async def test_charge_and_refund_reach_the_notification_service(
     refunded = await refund(api, payment_id)
     await wait_until(
         lambda: peers.notifications.matching(type="refund", payment_id=payment_id),
-        DELIVERY_TIMEOUT_SECONDS, "no refund notification",
+        DELIVERY_TIMEOUT_SECONDS,
+        "no refund notification",
     )
     (message,) = peers.notifications.matching(type="refund", payment_id=payment_id)
     assert message["refund_id"] == refunded["refund_id"]
@@ -95,7 +97,8 @@ async def test_notification_outage_loses_nothing(
     # The dispatcher keeps trying (and failing) while the peer is down; nothing is lost.
     await wait_until(
         lambda: _attempted(e2e_engine, 15),
-        DELIVERY_TIMEOUT_SECONDS, "the dispatcher never tried during the outage",
+        DELIVERY_TIMEOUT_SECONDS,
+        "the dispatcher never tried during the outage",
     )
     assert peers.notifications.notifications == []
     assert (await outbox_statuses(e2e_engine)) == Counter({"PENDING": 15})
@@ -106,10 +109,13 @@ async def test_notification_outage_loses_nothing(
     }
     await wait_until(
         lambda: set(delivered_keys(peers)) >= expected,
-        DELIVERY_TIMEOUT_SECONDS, "not every message was delivered after the outage",
+        DELIVERY_TIMEOUT_SECONDS,
+        "not every message was delivered after the outage",
     )
     await wait_until(
-        lambda: _all_delivered(e2e_engine, 15), DELIVERY_TIMEOUT_SECONDS, "rows not marked",
+        lambda: _all_delivered(e2e_engine, 15),
+        DELIVERY_TIMEOUT_SECONDS,
+        "rows not marked",
     )
     await asyncio.sleep(0.5)  # a redelivery would show up by now
     assert delivered_keys(peers) == Counter(dict.fromkeys(expected, 1))
@@ -131,34 +137,39 @@ async def _all_delivered(engine: AsyncEngine, messages: int) -> bool:
 
 @pytest.mark.service_env(OUTBOX_ENABLED="false")
 async def test_two_worker_processes_never_deliver_a_message_concurrently(
-    service: ServiceProcess, api: httpx.AsyncClient, peers: Sandbox,
-    start_process: StartProcess, e2e_engine: AsyncEngine,
+    service: ServiceProcess,
+    api: httpx.AsyncClient,
+    peers: Sandbox,
+    start_process: StartProcess,
+    e2e_engine: AsyncEngine,
 ) -> None:
     """Two `payment-service worker` processes over 40 queued messages, slow peer: each
     delivered, none by both at once."""
     for chunk in range(0, 40, 10):
-        await asyncio.gather(*(charge(api, trip_id) for trip_id in UNPAID_TRIPS[chunk:chunk + 10]))
+        await asyncio.gather(
+            *(charge(api, trip_id) for trip_id in UNPAID_TRIPS[chunk : chunk + 10])
+        )
     assert await outbox_statuses(e2e_engine) == Counter({"PENDING": 40})
     await peers.set_fault("notification", "slow", delay_seconds=0.2)
 
     # Hold the queue back until both workers run, so they really compete for it.
     await _set_due(e2e_engine, "now() + interval '1 hour'")
-    worker_env = dict(
-        service.env, OUTBOX_ENABLED="true", OUTBOX_BATCH_SIZE="5", LOG_LEVEL="INFO"
-    )
+    worker_env = dict(service.env, OUTBOX_ENABLED="true", OUTBOX_BATCH_SIZE="5", LOG_LEVEL="INFO")
     workers = [
-        await start_process("worker", env=worker_env, name=f"worker-{number}")
-        for number in (1, 2)
+        await start_process("worker", env=worker_env, name=f"worker-{number}") for number in (1, 2)
     ]
     for worker in workers:
         await wait_until(
             lambda worker=worker: "outbox worker running" in worker.log_text(),
-            STARTUP_TIMEOUT_SECONDS, f"{worker.name} did not start",
+            STARTUP_TIMEOUT_SECONDS,
+            f"{worker.name} did not start",
         )
     await _set_due(e2e_engine, "now()")
     await wait_until(
-        lambda: _all_delivered(e2e_engine, 40), DELIVERY_TIMEOUT_SECONDS,
-        "the two workers did not deliver all 40 messages", interval=0.1,
+        lambda: _all_delivered(e2e_engine, 40),
+        DELIVERY_TIMEOUT_SECONDS,
+        "the two workers did not deliver all 40 messages",
+        interval=0.1,
     )
     for worker in workers:
         assert await worker.stop() == 0, worker.log_tail()

@@ -48,7 +48,8 @@ async def test_key_left_in_flight_by_a_killed_process_is_taken_over_after_its_le
     async with httpx.AsyncClient(base_url=service.base_url, timeout=30) as client:
         in_flight = asyncio.create_task(client.post(CHARGE, json=body))
         await wait_until(
-            lambda: peers.trips.get_requests_for(trip_id) >= 1, 15,
+            lambda: peers.trips.get_requests_for(trip_id) >= 1,
+            15,
             "the charge never reached the Trip service",
         )
         service.kill()
@@ -89,7 +90,8 @@ async def test_sigterm_finishes_the_request_in_flight_and_exits_0(
         body = {"idempotency_key": "e2e-sigterm", "trip_id": trip_id, "method": "CASH"}
         in_flight = asyncio.create_task(client.post(CHARGE, json=body))
         await wait_until(
-            lambda: peers.trips.get_requests_for(trip_id) >= 1, 15,
+            lambda: peers.trips.get_requests_for(trip_id) >= 1,
+            15,
             "the charge never reached the Trip service",
         )
         started = time.monotonic()

@@ -38,9 +38,7 @@ def money_settings(database_url: str, sandbox: Sandbox, **overrides: Any) -> Set
 
 
 @pytest.fixture
-async def money_client(
-    database_url: str, peers: Sandbox
-) -> AsyncIterator[httpx.AsyncClient]:
+async def money_client(database_url: str, peers: Sandbox) -> AsyncIterator[httpx.AsyncClient]:
     """An httpx client over the app, whose Trip/Notification URLs are the sandbox's."""
     application = create_app(money_settings(database_url, peers), run_dispatcher=False)
     async with application.router.lifespan_context(application):

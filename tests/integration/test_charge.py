@@ -44,7 +44,9 @@ def body(trip_id: int, key: str | None = "key", method: str = "CARD", **extra: o
 
 
 async def test_charge_succeeds_with_the_trip_fare(
-    money_client: httpx.AsyncClient, new_trip_id: Callable[[], int], peers: Sandbox,
+    money_client: httpx.AsyncClient,
+    new_trip_id: Callable[[], int],
+    peers: Sandbox,
     engine: AsyncEngine,
 ) -> None:
     """A completed trip is charged its fare: 201, Payment fields, message, ids from the trip."""
@@ -72,16 +74,22 @@ async def test_event_and_outbox_are_written_with_the_payment(
     response = await money_client.post(CHARGE, json=body(new_trip_id(), "charge-outbox"))
     payment_id, reference = response.json()["payment_id"], response.json()["reference"]
     async with engine.connect() as connection:
-        events = (await connection.execute(
-            text("SELECT event_type, to_status FROM payment_events WHERE payment_id = :p"),
-            {"p": payment_id},
-        )).all()
-        outbox = (await connection.execute(
-            # Other tests enqueue bare messages for arbitrary payment ids: match this payment.
-            text("SELECT message_type, payload FROM notification_outbox "
-                 "WHERE payment_id = :p AND payload->>'reference' = :r"),
-            {"p": payment_id, "r": reference},
-        )).all()
+        events = (
+            await connection.execute(
+                text("SELECT event_type, to_status FROM payment_events WHERE payment_id = :p"),
+                {"p": payment_id},
+            )
+        ).all()
+        outbox = (
+            await connection.execute(
+                # Other tests enqueue bare messages for arbitrary payment ids: match this payment.
+                text(
+                    "SELECT message_type, payload FROM notification_outbox "
+                    "WHERE payment_id = :p AND payload->>'reference' = :r"
+                ),
+                {"p": payment_id, "r": reference},
+            )
+        ).all()
     assert [(e.event_type, e.to_status) for e in events] == [("CHARGE_SUCCESS", "SUCCESS")]
     assert len(outbox) == 1 and outbox[0].message_type == "payment"
     assert outbox[0].payload["payment_id"] == payment_id
@@ -282,8 +290,15 @@ async def test_unknown_trip_is_a_422_and_the_key_works_later(
     async with httpx.AsyncClient(base_url=peers.trip_url) as trips:
         created = await trips.put(
             f"/v1/trips/{trip_id}",
-            json={"rider_id": 1, "driver_id": 2, "status": "COMPLETED", "distance_km": 10,
-                  "base_fare": 5, "surge_multiplier": 1, "total_fare": 30.25},
+            json={
+                "rider_id": 1,
+                "driver_id": 2,
+                "status": "COMPLETED",
+                "distance_km": 10,
+                "base_fare": 5,
+                "surge_multiplier": 1,
+                "total_fare": 30.25,
+            },
         )
         assert created.status_code in (200, 201), created.text
     retry = await money_client.post(CHARGE, json=body(trip_id, "late-trip"))
@@ -296,8 +311,15 @@ async def test_trip_not_completed_is_a_422(
     """An ONGOING trip cannot be charged; after it completes the same key charges it."""
     trip_id = 777_002
     async with httpx.AsyncClient(base_url=peers.trip_url) as trips:
-        trip = {"rider_id": 1, "driver_id": 2, "status": "ONGOING", "distance_km": 12.3,
-                "base_fare": 5, "surge_multiplier": 1.5, "total_fare": None}
+        trip = {
+            "rider_id": 1,
+            "driver_id": 2,
+            "status": "ONGOING",
+            "distance_km": 12.3,
+            "base_fare": 5,
+            "surge_multiplier": 1.5,
+            "total_fare": None,
+        }
         await trips.put(f"/v1/trips/{trip_id}", json=trip)
         response = await money_client.post(CHARGE, json=body(trip_id, "ongoing"))
         assert response.status_code == 422 and "not completed" in response.json()["detail"]
@@ -310,8 +332,11 @@ async def test_trip_not_completed_is_a_422(
 
 @pytest.mark.parametrize("fault", ["down", "fail", "slow"])
 async def test_trip_service_failure_is_a_503_and_nothing_is_stored(
-    money_client: httpx.AsyncClient, peers: Sandbox, new_trip_id: Callable[[], int],
-    engine: AsyncEngine, fault: str,
+    money_client: httpx.AsyncClient,
+    peers: Sandbox,
+    new_trip_id: Callable[[], int],
+    engine: AsyncEngine,
+    fault: str,
 ) -> None:
     """Trip service down / 500 / slower than the timeout: 503 + Retry-After, then it works."""
     trip_id = new_trip_id()
@@ -400,8 +425,10 @@ async def test_expired_key_is_treated_as_new(
     assert (await money_client.post(CHARGE, json=body(first_trip, "old-key"))).status_code == 201
     async with engine.begin() as connection:
         await connection.execute(
-            text("UPDATE idempotency_keys SET expires_at = now() - interval '1 hour' "
-                 "WHERE key = 'old-key'")
+            text(
+                "UPDATE idempotency_keys SET expires_at = now() - interval '1 hour' "
+                "WHERE key = 'old-key'"
+            )
         )
     response = await money_client.post(CHARGE, json=body(second_trip, "old-key"))
     assert response.status_code == 201
@@ -420,8 +447,10 @@ async def test_purge_deletes_only_expired_keys(
     await money_client.post(CHARGE, json=body(new_trip_id(), "purge-live"))
     async with engine.begin() as connection:
         await connection.execute(
-            text("UPDATE idempotency_keys SET expires_at = now() - interval '1 hour' "
-                 "WHERE key = 'purge-old'")
+            text(
+                "UPDATE idempotency_keys SET expires_at = now() - interval '1 hour' "
+                "WHERE key = 'purge-old'"
+            )
         )
     async with AsyncSession(engine) as session, session.begin():
         purged = await purge_expired(session)

@@ -213,8 +213,7 @@ async def test_refund_update_past_amount_is_rejected(db: AsyncConnection) -> Non
 
     with pytest.raises(IntegrityError, match="ck_payments_refund_within_amount"):
         await db.execute(
-            text("UPDATE payments SET refunded_amount = 10.01, status = 'REFUNDED' "
-                 "WHERE id = :id"),
+            text("UPDATE payments SET refunded_amount = 10.01, status = 'REFUNDED' WHERE id = :id"),
             {"id": payment_id},
         )
 

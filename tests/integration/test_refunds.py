@@ -23,7 +23,9 @@ def paid(
 
     async def make(simulate: str | None = None) -> dict:
         payload: dict[str, object] = {
-            "trip_id": new_trip_id(), "method": "CARD", "idempotency_key": f"pay-{new_trip_id()}"
+            "trip_id": new_trip_id(),
+            "method": "CARD",
+            "idempotency_key": f"pay-{new_trip_id()}",
         }
         if simulate:
             payload["metadata"] = {"simulate": simulate}
@@ -181,11 +183,15 @@ async def test_twenty_five_concurrent_partial_refunds_never_exceed_the_amount(
     assert sum(succeeded) <= amount
     assert len(succeeded) == 5
     async with engine.connect() as connection:
-        row = (await connection.execute(
-            text("SELECT p.amount, p.refunded_amount, (SELECT sum(amount) FROM refunds r "
-                 "WHERE r.payment_id = p.id) AS total FROM payments p WHERE p.id = :p"),
-            {"p": payment["payment_id"]},
-        )).one()
+        row = (
+            await connection.execute(
+                text(
+                    "SELECT p.amount, p.refunded_amount, (SELECT sum(amount) FROM refunds r "
+                    "WHERE r.payment_id = p.id) AS total FROM payments p WHERE p.id = :p"
+                ),
+                {"p": payment["payment_id"]},
+            )
+        ).one()
     assert row.refunded_amount == row.total == sum(succeeded) <= row.amount
 
 
@@ -238,16 +244,25 @@ async def test_refund_writes_event_and_outbox_message(
         refund_url(payment["payment_id"]), json={"idempotency_key": "ev", "amount": 1}
     )
     async with engine.connect() as connection:
-        events = (await connection.execute(
-            text("SELECT event_type, from_status, to_status FROM payment_events "
-                 "WHERE payment_id = :p ORDER BY id"), {"p": payment["payment_id"]},
-        )).all()
-        messages = (await connection.execute(
-            # Other tests enqueue bare messages for arbitrary payment ids: match this trip.
-            text("SELECT message_type, payload FROM notification_outbox WHERE payment_id = :p "
-                 "AND payload->>'trip_id' = :t ORDER BY id"),
-            {"p": payment["payment_id"], "t": str(payment["trip_id"])},
-        )).all()
+        events = (
+            await connection.execute(
+                text(
+                    "SELECT event_type, from_status, to_status FROM payment_events "
+                    "WHERE payment_id = :p ORDER BY id"
+                ),
+                {"p": payment["payment_id"]},
+            )
+        ).all()
+        messages = (
+            await connection.execute(
+                # Other tests enqueue bare messages for arbitrary payment ids: match this trip.
+                text(
+                    "SELECT message_type, payload FROM notification_outbox WHERE payment_id = :p "
+                    "AND payload->>'trip_id' = :t ORDER BY id"
+                ),
+                {"p": payment["payment_id"], "t": str(payment["trip_id"])},
+            )
+        ).all()
     assert [tuple(e) for e in events][-1] == ("REFUND", "SUCCESS", "PARTIALLY_REFUNDED")
     assert [m.message_type for m in messages] == ["payment", "refund"]
     assert messages[1].payload["amount"] == Decimal("1.00")

@@ -14,8 +14,14 @@ BASE, RATE = Decimal("5.00"), Decimal("2.50")
 
 def trip(**fields: object) -> Trip:
     values: dict[str, object] = {
-        "trip_id": 1, "rider_id": 1, "driver_id": 1, "status": "COMPLETED",
-        "distance_km": None, "base_fare": None, "surge_multiplier": None, "total_fare": None,
+        "trip_id": 1,
+        "rider_id": 1,
+        "driver_id": 1,
+        "status": "COMPLETED",
+        "distance_km": None,
+        "base_fare": None,
+        "surge_multiplier": None,
+        "total_fare": None,
     }
     values.update(fields)
     return Trip(**values)  # type: ignore[arg-type]
@@ -24,7 +30,8 @@ def trip(**fields: object) -> Trip:
 def test_total_fare_wins_over_the_formula() -> None:
     """A trip's total_fare is the amount even when a distance is present."""
     fare = compute_fare(
-        trip(total_fare=Decimal("99.01"), distance_km=Decimal("10")), base_fare=BASE,
+        trip(total_fare=Decimal("99.01"), distance_km=Decimal("10")),
+        base_fare=BASE,
         rate_per_km=RATE,
     )
     assert fare == Decimal("99.01")

@@ -19,8 +19,12 @@ def gateway(decline: float = 0.0, pending: float = 0.0) -> SimulatedGateway:
 
 def request(trip_id: int = 1, method: PaymentMethod = PaymentMethod.CARD, **meta: str):
     return GatewayRequest(
-        reference="RHP20260101-ABCDEF", trip_id=trip_id, method=method,
-        amount=Decimal("42.50"), currency="INR", metadata=meta,
+        reference="RHP20260101-ABCDEF",
+        trip_id=trip_id,
+        method=method,
+        amount=Decimal("42.50"),
+        currency="INR",
+        metadata=meta,
     )
 
 
@@ -47,8 +51,11 @@ async def test_zero_rates_always_succeed() -> None:
 
 @pytest.mark.parametrize(
     ("forced", "status"),
-    [("decline", PaymentStatus.FAILED), ("pending", PaymentStatus.PENDING),
-     ("success", PaymentStatus.SUCCESS)],
+    [
+        ("decline", PaymentStatus.FAILED),
+        ("pending", PaymentStatus.PENDING),
+        ("success", PaymentStatus.SUCCESS),
+    ],
 )
 async def test_metadata_forces_an_outcome(forced: str, status: PaymentStatus) -> None:
     """metadata simulate=decline|pending|success forces the outcome for tests."""

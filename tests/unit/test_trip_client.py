@@ -14,7 +14,9 @@ from payment_service.settings import Settings
 
 def settings(retries: int = 2) -> Settings:
     return Settings(  # type: ignore[call-arg]
-        _env_file=None, trip_service_url="http://trips.test", trip_service_retries=retries,
+        _env_file=None,
+        trip_service_url="http://trips.test",
+        trip_service_retries=retries,
         trip_service_timeout_seconds=0.5,
     )
 
@@ -25,9 +27,13 @@ def client_with(handler, retries: int = 2) -> TripClient:
 
 async def test_parses_trip_with_exact_decimals_and_aliases() -> None:
     """`id` and `distance` are accepted as aliases; numbers stay Decimal."""
+
     def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=b'{"id": 5, "rider_id": 2, "driver_id": 3, '
-                              b'"status": "completed", "distance": 12.3, "total_fare": 99.01}')
+        return httpx.Response(
+            200,
+            content=b'{"id": 5, "rider_id": 2, "driver_id": 3, '
+            b'"status": "completed", "distance": 12.3, "total_fare": 99.01}',
+        )
 
     async with client_with(handler) as trips:
         trip = await trips.get_trip(5)
@@ -109,6 +115,7 @@ async def test_timeout_is_not_retried() -> None:
 
 async def test_unreadable_answer_is_unavailable() -> None:
     """A 200 that is not a trip is treated as the Trip service failing."""
+
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, content=b"<html>oops</html>")
 

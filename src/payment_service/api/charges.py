@@ -30,7 +30,7 @@ router = APIRouter(prefix="/v1/payments", tags=["payments"], route_class=MoneyRo
     description=(
         "201 when the payment succeeded, 202 when it is PENDING or FAILED. Retrying with the "
         "same idempotency key returns the stored answer with `Idempotent-Replayed: true`. "
-        "Force a gateway outcome with metadata `{\"simulate\": \"decline\"|\"pending\"}`."
+        'Force a gateway outcome with metadata `{"simulate": "decline"|"pending"}`.'
     ),
     responses={
         202: {"model": ChargeResponse, "description": "Payment PENDING or FAILED"},
@@ -55,6 +55,8 @@ async def charge(
     outcome = await service.charge(body, key)
     headers = {REPLAY_HEADER: "true"} if outcome.replayed else None
     return Response(
-        outcome.body, status_code=outcome.status_code, media_type="application/json",
+        outcome.body,
+        status_code=outcome.status_code,
+        media_type="application/json",
         headers=headers,
     )

@@ -41,7 +41,9 @@ async def refund(
     outcome = await refund_service.RefundService(settings).refund(session, payment_id, body, key)
     headers = {REPLAY_HEADER: "true"} if outcome.replayed else None
     return Response(
-        outcome.body, status_code=outcome.status_code, media_type="application/json",
+        outcome.body,
+        status_code=outcome.status_code,
+        media_type="application/json",
         headers=headers,
     )
 

@@ -62,22 +62,19 @@ class IdempotencyRepository:
         self, *, operation: str, client_id: str, key: str, lock: bool = False
     ) -> KeyRow | None:
         """The key's row; `lock=True` holds it (FOR UPDATE) until the transaction ends."""
-        statement = (
-            select(
-                IdempotencyKey.id,
-                IdempotencyKey.fingerprint,
-                IdempotencyKey.state,
-                IdempotencyKey.locked_until,
-                IdempotencyKey.expires_at,
-                IdempotencyKey.response_status,
-                IdempotencyKey.response_body,
-                func.now().label("db_now"),
-            )
-            .where(
-                IdempotencyKey.operation == operation,
-                IdempotencyKey.client_id == client_id,
-                IdempotencyKey.key == key,
-            )
+        statement = select(
+            IdempotencyKey.id,
+            IdempotencyKey.fingerprint,
+            IdempotencyKey.state,
+            IdempotencyKey.locked_until,
+            IdempotencyKey.expires_at,
+            IdempotencyKey.response_status,
+            IdempotencyKey.response_body,
+            func.now().label("db_now"),
+        ).where(
+            IdempotencyKey.operation == operation,
+            IdempotencyKey.client_id == client_id,
+            IdempotencyKey.key == key,
         )
         if lock:
             statement = statement.with_for_update()

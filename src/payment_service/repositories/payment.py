@@ -73,9 +73,12 @@ class PaymentRepository:
         if query.offset == 0 and len(rows) < query.limit:
             total = len(rows)
         else:
-            total = await self.session.scalar(
-                select(func.count()).select_from(Payment).where(*conditions)
-            ) or 0
+            total = (
+                await self.session.scalar(
+                    select(func.count()).select_from(Payment).where(*conditions)
+                )
+                or 0
+            )
         return rows, total
 
     def add(self, payment: Payment) -> None:
@@ -123,7 +126,5 @@ class PaymentRepository:
             .values(payment_id=payment.id, receipt_number=number)
             .on_conflict_do_nothing(index_elements=[Receipt.payment_id])
         )
-        result = await self.session.execute(
-            select(Receipt).where(Receipt.payment_id == payment.id)
-        )
+        result = await self.session.execute(select(Receipt).where(Receipt.payment_id == payment.id))
         return result.scalar_one()

@@ -94,8 +94,8 @@ class ChargeRequest(BaseModel):
     method: PaymentMethod
     rider_id: int | None = Field(None, gt=0, le=MAX_ID)
     driver_id: int | None = Field(None, gt=0, le=MAX_ID)
-    metadata: dict[Annotated[str, StringConstraints(max_length=64)], MetadataValue] | None = (
-        Field(None, max_length=20)
+    metadata: dict[Annotated[str, StringConstraints(max_length=64)], MetadataValue] | None = Field(
+        None, max_length=20
     )
 
     @field_validator("method", mode="before")

@@ -214,9 +214,17 @@ class ChargeService:
         return trip
 
     async def _insert_payment(
-        self, session: AsyncSession, *, trip: Trip, method: PaymentMethod, amount: Decimal,
-        status: PaymentStatus, reference: str, gateway_reference: str,
-        failure_reason: str | None, metadata: dict[str, str],
+        self,
+        session: AsyncSession,
+        *,
+        trip: Trip,
+        method: PaymentMethod,
+        amount: Decimal,
+        status: PaymentStatus,
+        reference: str,
+        gateway_reference: str,
+        failure_reason: str | None,
+        metadata: dict[str, str],
     ) -> Payment:
         """INSERT .. ON CONFLICT DO NOTHING on the live-trip index; conflict -> 409."""
         statement = (
@@ -302,5 +310,3 @@ async def _live_payment(session: AsyncSession, trip_id: int) -> tuple[int, str] 
         )
     ).one_or_none()
     return (row[0], row[1]) if row else None
-
-

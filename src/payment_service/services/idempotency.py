@@ -124,9 +124,13 @@ class Idempotency:
         # A finished key never changes again (until it expires): replay it without a lock,
         # so retries of one key do not queue behind each other.
         row = await repo.find(**scope)
-        if row is not None and row.expires_at > row.db_now and (
-            row.state == IdempotencyState.COMPLETED.value
-            or row.fingerprint != request_fingerprint
+        if (
+            row is not None
+            and row.expires_at > row.db_now
+            and (
+                row.state == IdempotencyState.COMPLETED.value
+                or row.fingerprint != request_fingerprint
+            )
         ):
             return self._finished(row, request_fingerprint)
         row = await repo.find(**scope, lock=True)
@@ -134,7 +138,10 @@ class Idempotency:
             return None
         if row.expires_at <= row.db_now:
             await repo.take_over(
-                row.id, fingerprint=request_fingerprint, token=token, lease=self.lease,
+                row.id,
+                fingerprint=request_fingerprint,
+                token=token,
+                lease=self.lease,
                 ttl=self.ttl,
             )
             return Claim(row.id, token)

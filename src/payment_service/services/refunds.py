@@ -112,7 +112,8 @@ class RefundService:
         previous = payment.status
         refunded = payment.refunded_amount + amount
         new_status = (
-            PaymentStatus.REFUNDED if refunded == payment.amount
+            PaymentStatus.REFUNDED
+            if refunded == payment.amount
             else PaymentStatus.PARTIALLY_REFUNDED
         )
         refund_id, created_at = (

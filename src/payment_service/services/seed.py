@@ -138,9 +138,7 @@ def parse_seed_file(path: Path) -> list[dict[str, Any]]:
                 (row["reference"], seen_refs, "reference"),
             ):
                 if key in seen:
-                    raise SeedFileError(
-                        path, line, column, f"duplicate of line {seen[key]}"
-                    )
+                    raise SeedFileError(path, line, column, f"duplicate of line {seen[key]}")
                 seen[key] = line
             if row["status"] != PaymentStatus.FAILED:
                 if row["trip_id"] in live_trips:
@@ -166,42 +164,52 @@ async def _check_against_database(
     has a live payment, or whose reference is taken, is an error naming its line.
     """
     existing = set(
-        (await session.scalars(
-            select(Payment.id).where(Payment.id.in_([row["payment_id"] for row in rows]))
-        )).all()
+        (
+            await session.scalars(
+                select(Payment.id).where(Payment.id.in_([row["payment_id"] for row in rows]))
+            )
+        ).all()
     )
     new_rows = [row for row in rows if row["payment_id"] not in existing]
     if not new_rows:
         return
     live_trips = {
         trip_id: payment_id
-        for trip_id, payment_id in (await session.execute(
-            select(Payment.trip_id, Payment.id).where(
-                Payment.status != PaymentStatus.FAILED.value,
-                Payment.trip_id.in_(
-                    [row["trip_id"] for row in new_rows if row["status"] != "FAILED"]
-                ),
+        for trip_id, payment_id in (
+            await session.execute(
+                select(Payment.trip_id, Payment.id).where(
+                    Payment.status != PaymentStatus.FAILED.value,
+                    Payment.trip_id.in_(
+                        [row["trip_id"] for row in new_rows if row["status"] != "FAILED"]
+                    ),
+                )
             )
-        )).all()
+        ).all()
     }
     references = {
         reference: payment_id
-        for reference, payment_id in (await session.execute(
-            select(Payment.reference, Payment.id).where(
-                Payment.reference.in_([row["reference"] for row in new_rows])
+        for reference, payment_id in (
+            await session.execute(
+                select(Payment.reference, Payment.id).where(
+                    Payment.reference.in_([row["reference"] for row in new_rows])
+                )
             )
-        )).all()
+        ).all()
     }
     for row in new_rows:
         line = row["_line"]
         if row["status"] != "FAILED" and row["trip_id"] in live_trips:
             raise SeedFileError(
-                path, line, "trip_id",
+                path,
+                line,
+                "trip_id",
                 f"trip {row['trip_id']} already has live payment {live_trips[row['trip_id']]}",
             )
         if row["reference"] in references:
             raise SeedFileError(
-                path, line, "reference",
+                path,
+                line,
+                "reference",
                 f"reference already used by payment {references[row['reference']]}",
             )
 
