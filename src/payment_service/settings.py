@@ -77,13 +77,14 @@ class Settings(BaseSettings):
     idempotency_lease_seconds: float = Field(30.0, gt=0)
     idempotency_wait_seconds: float = Field(5.0, ge=0)
 
-    # Outbox dispatcher.
+    # Outbox dispatcher. Backoff is capped at a minute so a message is retried soon after
+    # the Notification service is back; 25 attempts ride out roughly a 10-minute outage.
     outbox_enabled: bool = True
-    outbox_max_attempts: int = Field(10, ge=1)
+    outbox_max_attempts: int = Field(25, ge=1)
     outbox_poll_interval_seconds: float = Field(1.0, gt=0)
     outbox_batch_size: int = Field(50, ge=1, le=1000)
     outbox_backoff_base_seconds: float = Field(1.0, gt=0)
-    outbox_backoff_max_seconds: float = Field(300.0, gt=0)
+    outbox_backoff_max_seconds: float = Field(60.0, gt=0)
 
     @field_validator("log_level", mode="before")
     @classmethod
