@@ -266,3 +266,16 @@ async def test_refund_writes_event_and_outbox_message(
     assert [tuple(e) for e in events][-1] == ("REFUND", "SUCCESS", "PARTIALLY_REFUNDED")
     assert [m.message_type for m in messages] == ["payment", "refund"]
     assert messages[1].payload["amount"] == Decimal("1.00")
+
+
+async def test_refund_without_a_body_refunds_everything(
+    money_client: httpx.AsyncClient, paid: Callable[..., Awaitable[dict]]
+) -> None:
+    """No body at all, only an Idempotency-Key header: the whole remaining amount."""
+    payment = await paid()
+    response = await money_client.post(
+        refund_url(payment["payment_id"]), headers={"Idempotency-Key": "no-body"}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "REFUNDED"
+    assert response.json()["refund_amount"] == payment["amount"]
