@@ -93,12 +93,18 @@ class OutboxRepository:
         statement = select(func.count()).where(OutboxMessage.status == OutboxStatus.PENDING.value)
         return int((await self.session.execute(statement)).scalar_one())
 
-    async def mark_delivered(self, message: ClaimedMessage) -> bool:
-        """Record a 2xx: DELIVERED with its time. Applies even if the lease ran out meanwhile."""
+    async def mark_delivered(self, *messages: ClaimedMessage) -> int:
+        """Record 2xx answers in one statement: DELIVERED with their time.
+
+        Applies even if a lease ran out meanwhile (the message did arrive).
+        Returns how many rows changed.
+        """
+        if not messages:
+            return 0
         statement = (
             update(OutboxMessage)
             .where(
-                OutboxMessage.id == message.id,
+                OutboxMessage.id.in_([message.id for message in messages]),
                 OutboxMessage.status == OutboxStatus.PENDING.value,
             )
             .values(
@@ -108,7 +114,7 @@ class OutboxRepository:
             )
             .execution_options(synchronize_session=False)
         )
-        return (await self.session.execute(statement)).rowcount == 1  # type: ignore[attr-defined]
+        return (await self.session.execute(statement)).rowcount  # type: ignore[attr-defined]
 
     async def mark_failed_attempt(
         self, message: ClaimedMessage, error: str, *, retry_in_seconds: float, max_attempts: int

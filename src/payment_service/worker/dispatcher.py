@@ -225,12 +225,14 @@ class OutboxDispatcher:
         delivered = failed = released = 0
         async with self._session_factory() as session, session.begin():
             repository = OutboxRepository(session)
+            successes = [r.message for r in results if r.outcome is _Outcome.DELIVERED]
+            await repository.mark_delivered(*successes)
+            delivered = len(successes)
             for result in results:
                 message = result.message
                 if result.outcome is _Outcome.DELIVERED:
-                    await repository.mark_delivered(message)
-                    delivered += 1
-                elif result.outcome is _Outcome.SKIPPED:
+                    continue
+                if result.outcome is _Outcome.SKIPPED:
                     await repository.release(message)
                     released += 1
                 else:
