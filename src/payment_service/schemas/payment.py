@@ -29,11 +29,6 @@ class PaymentRead(BaseModel):
     created_at: datetime
     updated_at: datetime
 
-    @classmethod
-    def from_model(cls, payment: Payment) -> dict[str, Any]:
-        """The response dict straight from the row (no second validation pass)."""
-        return payment_dict(payment)
-
 
 def payment_dict(payment: Payment) -> dict[str, Any]:
     """A payment as its JSON response object (Decimals kept exact)."""
