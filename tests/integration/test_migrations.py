@@ -241,6 +241,51 @@ async def test_consistent_refund_states_are_accepted(db: AsyncConnection) -> Non
     await _insert_payment(db, amount="10.00", refunded_amount="10.00", status="REFUNDED")
 
 
+async def _insert_refund(connection: AsyncConnection, payment_id: int, amount: str) -> None:
+    await connection.execute(
+        text("INSERT INTO refunds (payment_id, amount) VALUES (:p, CAST(:a AS numeric))"),
+        {"p": payment_id, "a": amount},
+    )
+
+
+async def _check_deferred(connection: AsyncConnection) -> None:
+    """Run the deferred constraint triggers now (they would run at COMMIT)."""
+    await connection.execute(text("SET CONSTRAINTS ALL IMMEDIATE"))
+
+
+async def test_refund_without_updating_the_payment_cannot_commit(db: AsyncConnection) -> None:
+    """A refund row the payment's refunded_amount does not account for is refused."""
+    payment_id = await _insert_payment(db, amount="10.00")
+    await _insert_refund(db, payment_id, "4.00")
+    with pytest.raises(IntegrityError, match=r"refunds of payment \d+ sum to 4\.00"):
+        await _check_deferred(db)
+
+
+async def test_refunded_amount_without_refund_rows_cannot_commit(db: AsyncConnection) -> None:
+    """Raising refunded_amount with no refund rows behind it is refused."""
+    payment_id = await _insert_payment(db, amount="10.00")
+    await db.execute(
+        text(
+            "UPDATE payments SET refunded_amount = 4, status = 'PARTIALLY_REFUNDED' WHERE id = :id"
+        ),
+        {"id": payment_id},
+    )
+    with pytest.raises(IntegrityError, match=r"refunded_amount is 4\.00"):
+        await _check_deferred(db)
+
+
+async def test_refund_rows_and_refunded_amount_that_agree_commit(db: AsyncConnection) -> None:
+    """Refund rows written with the matching payment update pass the check."""
+    payment_id = await _insert_payment(db, amount="10.00")
+    await _insert_refund(db, payment_id, "4.00")
+    await _insert_refund(db, payment_id, "6.00")
+    await db.execute(
+        text("UPDATE payments SET refunded_amount = 10, status = 'REFUNDED' WHERE id = :id"),
+        {"id": payment_id},
+    )
+    await _check_deferred(db)
+
+
 async def test_negative_amount_is_rejected(db: AsyncConnection) -> None:
     """A negative amount violates the CHECK constraint."""
     with pytest.raises(IntegrityError, match="ck_payments_amount_non_negative"):

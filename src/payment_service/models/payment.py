@@ -6,6 +6,7 @@ Database-enforced rules live here:
 - `ck_payments_refund_status_matches_amount` (+ two more): the status says what was
   refunded (REFUNDED = all of it, PARTIALLY_REFUNDED = some, other statuses = none);
 - CHECKs on method, status and non-negative money;
+- refund rows always sum to `refunded_amount` (deferred constraint triggers, migration 0003);
 - `payment_events` rejects UPDATE/DELETE through a trigger (see the migration).
 """
 
