@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from payment_service.models import Payment, PaymentEvent, Receipt, Refund
+from payment_service.models.enums import PaymentStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +46,81 @@ class PaymentRepository:
         )
         return result.scalar_one_or_none()
 
-    async def find_live_for_trip(self, trip_id: int) -> Payment | None:
-        result = await self.session.execute(
-            select(Payment).where(Payment.trip_id == trip_id, Payment.status != "FAILED").limit(1)
+    async def find_live_for_trip(self, trip_id: int) -> tuple[int, str] | None:
+        """(id, status) of the trip's live (not FAILED) payment, if any."""
+        row = (
+            await self.session.execute(
+                select(Payment.id, Payment.status)
+                .where(Payment.trip_id == trip_id, Payment.status != PaymentStatus.FAILED.value)
+                .limit(1)
+            )
+        ).one_or_none()
+        return (row.id, row.status) if row else None
+
+    async def insert_unless_trip_paid(self, **values: Any) -> Payment | None:
+        """INSERT .. ON CONFLICT DO NOTHING against `uq_payments_live_trip`.
+
+        None means another live payment for the trip won the race.
+        """
+        statement = (
+            insert(Payment)
+            .values(**values)
+            .on_conflict_do_nothing(
+                index_elements=[Payment.trip_id], index_where=text("status <> 'FAILED'")
+            )
+            .returning(Payment)
         )
-        return result.scalar_one_or_none()
+        return (await self.session.execute(statement)).scalar_one_or_none()
+
+    async def append_event(
+        self,
+        payment_id: int,
+        event_type: str,
+        *,
+        from_status: str | None,
+        to_status: str,
+        amount: Decimal | None,
+        data: dict[str, Any],
+    ) -> None:
+        """Append to the payment's history (the table refuses updates and deletes)."""
+        await self.session.execute(
+            insert(PaymentEvent).values(
+                payment_id=payment_id,
+                event_type=event_type,
+                from_status=from_status,
+                to_status=to_status,
+                amount=amount,
+                data=data,
+            )
+        )
+
+    async def record_refund(
+        self,
+        payment_id: int,
+        *,
+        amount: Decimal,
+        reason: str | None,
+        refunded: Decimal,
+        status: str,
+    ) -> tuple[int, datetime]:
+        """Insert the refund and move the payment's total and status with it.
+
+        The deferred triggers of migration 0003 check at COMMIT that the two agree.
+        """
+        refund_id, created_at = (
+            await self.session.execute(
+                insert(Refund)
+                .values(payment_id=payment_id, amount=amount, reason=reason)
+                .returning(Refund.id, Refund.created_at)
+            )
+        ).one()
+        await self.session.execute(
+            update(Payment)
+            .where(Payment.id == payment_id)
+            .values(refunded_amount=refunded, status=status, updated_at=func.now())
+            .execution_options(synchronize_session=False)
+        )
+        return refund_id, created_at
 
     async def search(self, query: PaymentQuery) -> tuple[Sequence[Payment], int]:
         """One page, newest first (ties by id), plus the total matching the filters."""
@@ -81,41 +153,9 @@ class PaymentRepository:
             )
         return rows, total
 
-    def add(self, payment: Payment) -> None:
-        self.session.add(payment)
-
-    def add_event(
-        self,
-        payment: Payment,
-        event_type: str,
-        *,
-        from_status: str | None,
-        amount: Decimal | None = None,
-        data: dict[str, Any] | None = None,
-    ) -> None:
-        """Append to the payment's history (the table refuses updates and deletes)."""
-        self.session.add(
-            PaymentEvent(
-                payment_id=payment.id,
-                event_type=event_type,
-                from_status=from_status,
-                to_status=payment.status,
-                amount=amount,
-                data=data or {},
-            )
-        )
-
     async def refunds_of(self, payment_id: int) -> Sequence[Refund]:
         result = await self.session.execute(
             select(Refund).where(Refund.payment_id == payment_id).order_by(Refund.id)
-        )
-        return result.scalars().all()
-
-    async def events_of(self, payment_id: int) -> Sequence[PaymentEvent]:
-        result = await self.session.execute(
-            select(PaymentEvent)
-            .where(PaymentEvent.payment_id == payment_id)
-            .order_by(PaymentEvent.id)
         )
         return result.scalars().all()
 

@@ -14,13 +14,10 @@ from __future__ import annotations
 import logging
 import secrets
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import insert, select, text
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from payment_service.clients.gateway import GatewayRequest, PaymentGateway
@@ -28,8 +25,8 @@ from payment_service.clients.trip import Trip, TripClient
 from payment_service.db import SessionFactory
 from payment_service.errors import ConflictError, UnprocessableError
 from payment_service.jsonutil import dumps
-from payment_service.models import Payment, PaymentEvent
-from payment_service.models.enums import PaymentMethod, PaymentStatus
+from payment_service.models import Payment
+from payment_service.models.enums import PaymentStatus
 from payment_service.observability import (
     PAYMENT_AMOUNT,
     PAYMENTS,
@@ -37,6 +34,7 @@ from payment_service.observability import (
     current_request_id,
 )
 from payment_service.repositories.outbox import OutboxRepository
+from payment_service.repositories.payment import PaymentRepository
 from payment_service.schemas.payment import ChargeRequest, payment_dict
 from payment_service.services.fares import FareUnavailableError, compute_fare
 from payment_service.services.idempotency import (
@@ -160,14 +158,14 @@ class ChargeService:
         async with self.session_factory() as session, session.begin():
             payment = await self._insert_payment(
                 session,
-                trip=trip,
-                method=request.method,
+                trip,
+                method=request.method.value,
                 amount=amount,
-                status=result.status,
+                status=result.status.value,
                 reference=reference,
                 gateway_reference=result.gateway_reference,
                 failure_reason=result.failure_reason,
-                metadata=request.metadata or {},
+                metadata_=request.metadata or {},
             )
             body_dict = payment_dict(payment) | {"message": result.message}
             body = dumps(body_dict)
@@ -200,56 +198,25 @@ class ChargeService:
                     f"{field} {given} does not match trip {trip.trip_id} ({field} {actual}).",
                     errors=[{"field": field, "message": f"trip has {actual}"}],
                 )
-        if request.rider_id is not None or request.driver_id is not None:
-            trip = Trip(
-                trip_id=trip.trip_id,
-                rider_id=trip.rider_id if trip.rider_id is not None else request.rider_id,
-                driver_id=trip.driver_id if trip.driver_id is not None else request.driver_id,
-                status=trip.status,
-                distance_km=trip.distance_km,
-                base_fare=trip.base_fare,
-                surge_multiplier=trip.surge_multiplier,
-                total_fare=trip.total_fare,
-            )
-        return trip
-
-    async def _insert_payment(
-        self,
-        session: AsyncSession,
-        *,
-        trip: Trip,
-        method: PaymentMethod,
-        amount: Decimal,
-        status: PaymentStatus,
-        reference: str,
-        gateway_reference: str,
-        failure_reason: str | None,
-        metadata: dict[str, str],
-    ) -> Payment:
-        """INSERT .. ON CONFLICT DO NOTHING on the live-trip index; conflict -> 409."""
-        statement = (
-            pg_insert(Payment)
-            .values(
-                trip_id=trip.trip_id,
-                rider_id=trip.rider_id,
-                driver_id=trip.driver_id,
-                amount=amount,
-                currency=self.settings.currency,
-                method=method.value,
-                status=status.value,
-                reference=reference,
-                gateway_reference=gateway_reference,
-                failure_reason=failure_reason,
-                metadata_=metadata,
-            )
-            .on_conflict_do_nothing(
-                index_elements=[Payment.trip_id], index_where=text("status <> 'FAILED'")
-            )
-            .returning(Payment)
+        # Ids the trip lacks are taken from the request.
+        return replace(
+            trip,
+            rider_id=trip.rider_id if trip.rider_id is not None else request.rider_id,
+            driver_id=trip.driver_id if trip.driver_id is not None else request.driver_id,
         )
-        payment = (await session.execute(statement)).scalar_one_or_none()
+
+    async def _insert_payment(self, session: AsyncSession, trip: Trip, **values: Any) -> Payment:
+        """The payment, unless another live payment for the trip won the race (409)."""
+        repo = PaymentRepository(session)
+        payment = await repo.insert_unless_trip_paid(
+            trip_id=trip.trip_id,
+            rider_id=trip.rider_id,
+            driver_id=trip.driver_id,
+            currency=self.settings.currency,
+            **values,
+        )
         if payment is None:
-            live = await _live_payment(session, trip.trip_id)
+            live = await repo.find_live_for_trip(trip.trip_id)
             payment_id, live_status = live if live else (0, "unknown")
             raise TripAlreadyPaidError(trip.trip_id, payment_id, live_status)
         return payment
@@ -258,15 +225,13 @@ class ChargeService:
         self, session: AsyncSession, payment: Payment, message: str
     ) -> None:
         """The event and the notification, in the payment's own transaction."""
-        await session.execute(
-            insert(PaymentEvent).values(
-                payment_id=payment.id,
-                event_type=f"CHARGE_{payment.status}",
-                from_status=None,
-                to_status=payment.status,
-                amount=payment.amount,
-                data={"message": message, "gateway_reference": payment.gateway_reference},
-            )
+        await PaymentRepository(session).append_event(
+            payment.id,
+            f"CHARGE_{payment.status}",
+            from_status=None,
+            to_status=payment.status,
+            amount=payment.amount,
+            data={"message": message, "gateway_reference": payment.gateway_reference},
         )
         await OutboxRepository(session).enqueue("payment", payment.id, payment_message(payment))
 
@@ -296,17 +261,6 @@ async def _ensure_unpaid(session: AsyncSession, trip_id: int) -> None:
     Runs in the transaction that claims the idempotency key; the partial unique index
     still decides races between concurrent charges at insert time.
     """
-    live = await _live_payment(session, trip_id)
+    live = await PaymentRepository(session).find_live_for_trip(trip_id)
     if live is not None:
-        raise TripAlreadyPaidError(trip_id, live[0], live[1])
-
-
-async def _live_payment(session: AsyncSession, trip_id: int) -> tuple[int, str] | None:
-    row = (
-        await session.execute(
-            select(Payment.id, Payment.status)
-            .where(Payment.trip_id == trip_id, Payment.status != PaymentStatus.FAILED.value)
-            .limit(1)
-        )
-    ).one_or_none()
-    return (row[0], row[1]) if row else None
+        raise TripAlreadyPaidError(trip_id, *live)

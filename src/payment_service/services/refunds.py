@@ -16,12 +16,11 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, insert, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from payment_service.errors import ConflictError, UnprocessableError
 from payment_service.jsonutil import dumps
-from payment_service.models import Payment, PaymentEvent, Refund
+from payment_service.models import Payment, Refund
 from payment_service.models.enums import REFUNDABLE_STATUSES, PaymentStatus
 from payment_service.observability import REFUND_AMOUNT, REFUNDS, current_request_id
 from payment_service.repositories.outbox import OutboxRepository
@@ -115,40 +114,35 @@ class RefundService:
             PaymentStatus.REFUNDED
             if refunded == payment.amount
             else PaymentStatus.PARTIALLY_REFUNDED
+        ).value
+        refund_id, created_at = await repo.record_refund(
+            payment_id,
+            amount=amount,
+            reason=request.reason,
+            refunded=refunded,
+            status=new_status,
         )
-        refund_id, created_at = (
-            await session.execute(
-                insert(Refund)
-                .values(payment_id=payment_id, amount=amount, reason=request.reason)
-                .returning(Refund.id, Refund.created_at)
-            )
-        ).one()
-        await session.execute(
-            update(Payment)
-            .where(Payment.id == payment_id)
-            .values(refunded_amount=refunded, status=new_status.value, updated_at=func.now())
-        )
-        payment.refunded_amount = refunded
-        payment.status = new_status.value
-        await session.execute(
-            insert(PaymentEvent).values(
-                payment_id=payment_id,
-                event_type="REFUND",
-                from_status=previous,
-                to_status=new_status.value,
-                amount=amount,
-                data={"refund_id": refund_id, "reason": request.reason},
-            )
+        await repo.append_event(
+            payment_id,
+            "REFUND",
+            from_status=previous,
+            to_status=new_status,
+            amount=amount,
+            data={"refund_id": refund_id, "reason": request.reason},
         )
         await OutboxRepository(session).enqueue(
-            "refund", payment_id, refund_message(payment, refund_id, amount, created_at)
+            "refund",
+            payment_id,
+            refund_message(
+                payment, refund_id, amount, created_at, status=new_status, refunded=refunded
+            ),
         )
         body = dumps(
             {
                 "refund_id": refund_id,
                 "payment_id": payment_id,
                 "refund_amount": amount,
-                "status": new_status.value,
+                "status": new_status,
                 "remaining_refundable": payment.amount - refunded,
                 "reason": request.reason,
                 "timestamp": created_at,
@@ -164,21 +158,27 @@ class RefundService:
 
 
 def refund_message(
-    payment: Payment, refund_id: int, amount: Decimal, created_at: datetime
+    payment: Payment,
+    refund_id: int,
+    amount: Decimal,
+    created_at: datetime,
+    *,
+    status: str,
+    refunded: Decimal,
 ) -> dict[str, Any]:
-    """What the Notification service is told about a refund."""
+    """What the Notification service is told about a refund (with the payment's new state)."""
     return {
         "type": "refund",
-        "event": f"payment.{payment.status.lower()}",
+        "event": f"payment.{status.lower()}",
         "payment_id": payment.id,
         "refund_id": refund_id,
         "trip_id": payment.trip_id,
         "rider_id": payment.rider_id,
         "driver_id": payment.driver_id,
-        "status": payment.status,
+        "status": status,
         "amount": amount,
         "payment_amount": payment.amount,
-        "refunded_amount": payment.refunded_amount,
+        "refunded_amount": refunded,
         "currency": payment.currency,
         "occurred_at": created_at.astimezone(UTC).isoformat(),
         "request_id": current_request_id(),
