@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -289,20 +289,6 @@ def _register_sandbox() -> None:
 
 
 _register_sandbox()
-
-
-@contextlib.asynccontextmanager
-async def stop_on_signals() -> AsyncIterator[asyncio.Event]:
-    """An event set by SIGINT/SIGTERM, for long-running commands."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        yield stop
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
 
 
 def main() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from pydantic import SecretStr
 from sqlalchemy import URL
 
 from payment_service.settings import Settings
+from payment_service.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -54,48 +54,40 @@ async def run_dev(
             log_level=None,
         )
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        async with sandbox:
-            app_settings = settings.model_copy(
-                update={
-                    "database_url": SecretStr(url.render_as_string(hide_password=False)),
-                    "trip_service_url": sandbox.trip_url,
-                    "notification_service_url": sandbox.notification_url,
-                }
+    async with stop_on_signals() as stop, sandbox:
+        app_settings = settings.model_copy(
+            update={
+                "database_url": SecretStr(url.render_as_string(hide_password=False)),
+                "trip_service_url": sandbox.trip_url,
+                "notification_service_url": sandbox.notification_url,
+            }
+        )
+        host = "127.0.0.1" if settings.service_host == "0.0.0.0" else settings.service_host
+        server = _HostedServer(
+            uvicorn.Config(
+                create_app(app_settings),
+                host=host,
+                port=port,
+                log_config=None,
+                access_log=settings.access_log,
             )
-            host = "127.0.0.1" if settings.service_host == "0.0.0.0" else settings.service_host
-            server = _HostedServer(
-                uvicorn.Config(
-                    create_app(app_settings),
-                    host=host,
-                    port=port,
-                    log_config=None,
-                    access_log=settings.access_log,
-                )
-            )
-            api = asyncio.create_task(server.serve())
-            log.info(
-                "dev environment ready",
-                extra={
-                    "api": f"http://{host}:{port}",
-                    "trip_service": sandbox.trip_url,
-                    "notification_service": sandbox.notification_url,
-                    "sandbox_control": sandbox.control_url,
-                },
-            )
-            waiter = asyncio.create_task(stop.wait())
-            await asyncio.wait({api, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            server.should_exit = True
-            with contextlib.suppress(SystemExit):
-                await api
-            if not server.started:
-                raise DevServerError(f"the API could not start on port {port}; see the log above")
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+        )
+        api = asyncio.create_task(server.serve())
+        log.info(
+            "dev environment ready",
+            extra={
+                "api": f"http://{host}:{port}",
+                "trip_service": sandbox.trip_url,
+                "notification_service": sandbox.notification_url,
+                "sandbox_control": sandbox.control_url,
+            },
+        )
+        waiter = asyncio.create_task(stop.wait())
+        await asyncio.wait({api, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        server.should_exit = True
+        with contextlib.suppress(SystemExit):
+            await api
+        if not server.started:
+            raise DevServerError(f"the API could not start on port {port}; see the log above")
     log.info("dev environment stopped")

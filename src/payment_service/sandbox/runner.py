@@ -20,7 +20,6 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from signal import SIGINT, SIGTERM
 from types import TracebackType
 from typing import Any
 
@@ -38,6 +37,7 @@ from payment_service.sandbox.faults import (
 )
 from payment_service.sandbox.notifications import NotificationSink, create_notification_app
 from payment_service.sandbox.trips import TripFileError, TripStore, create_trip_app
+from payment_service.signals import stop_on_signals
 
 logger = logging.getLogger("payment_service.sandbox")
 
@@ -423,20 +423,6 @@ def build_sandbox(config: SandboxConfig) -> Sandbox:
 async def run_sandbox(config: SandboxConfig, *, handle_signals: bool = True) -> None:
     """Serve until cancelled, SIGINT or SIGTERM, then free every port."""
     sandbox = build_sandbox(config)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    installed: list[int] = []
-    if handle_signals:
-        for signum in (SIGINT, SIGTERM):
-            try:
-                loop.add_signal_handler(signum, stopping.set)
-            except (NotImplementedError, RuntimeError, ValueError):
-                continue  # not the main thread, or no signal support: rely on cancellation
-            installed.append(signum)
-    try:
-        async with sandbox:
-            await stopping.wait()
-        logger.info("sandbox stopped")
-    finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)
+    async with stop_on_signals(handle_signals) as stopping, sandbox:
+        await stopping.wait()
+    logger.info("sandbox stopped")

@@ -29,7 +29,6 @@ import contextlib
 import logging
 import math
 import random
-import signal
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from payment_service.observability import (
 )
 from payment_service.repositories.outbox import ClaimedMessage, OutboxRepository
 from payment_service.settings import Settings
+from payment_service.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -361,23 +361,12 @@ async def run_worker(settings: Settings, url: URL) -> None:
     """`payment-service worker`: run the dispatcher until SIGINT or SIGTERM, then clean up."""
     from payment_service.db import create_engine, create_session_factory
 
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    installed: list[int] = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(signum, stop.set)
-        except (NotImplementedError, RuntimeError, ValueError):
-            continue  # not the main thread: rely on cancellation
-        installed.append(signum)
     engine = create_engine(settings, url)
     try:
         dispatcher = OutboxDispatcher(settings, create_session_factory(engine))
-        async with dispatcher.running():
+        async with stop_on_signals() as stop, dispatcher.running():
             log.info("outbox worker running; stop with SIGINT or SIGTERM")
             await stop.wait()
             log.info("outbox worker stopping")
     finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)
         await engine.dispose()
