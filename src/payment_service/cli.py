@@ -14,12 +14,13 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
 from sqlalchemy import URL
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from payment_service.observability import configure_logging
 from payment_service.settings import ConfigurationError, Settings, load_settings
@@ -122,17 +123,25 @@ async def _migrate(url: URL) -> None:
     await upgrade(url)
 
 
-async def _seed(settings: Settings, url: URL, path: Path) -> str:
+async def _in_transaction(
+    settings: Settings, url: URL, work: Callable[[AsyncSession], Awaitable[T]]
+) -> T:
+    """Check the database, then run `work` in one transaction on a short-lived engine."""
     from payment_service.db import create_engine, create_session_factory
-    from payment_service.services.seed import load_seed
 
     await check_database(url)
     engine = create_engine(settings, url)
     try:
         async with create_session_factory(engine)() as session, session.begin():
-            report = await load_seed(session, path)
+            return await work(session)
     finally:
         await engine.dispose()
+
+
+async def _seed(settings: Settings, url: URL, path: Path) -> str:
+    from payment_service.services.seed import load_seed
+
+    report = await _in_transaction(settings, url, lambda session: load_seed(session, path))
     return (
         f"seeded {path}: {report.rows} rows, {report.loaded} loaded, {report.skipped} skipped "
         f"(already present); next payment id > {report.max_payment_id}"
@@ -216,20 +225,8 @@ def purge_idempotency_keys() -> None:
     from payment_service.services.idempotency import purge_expired
 
     settings = _settings()
-
-    async def _purge(url: URL) -> int:
-        from payment_service.db import create_engine, create_session_factory
-
-        await check_database(url)
-        engine = create_engine(settings, url)
-        try:
-            async with create_session_factory(engine)() as session, session.begin():
-                return await purge_expired(session)
-        finally:
-            await engine.dispose()
-
     with _database(settings) as url:
-        count = _run(_purge(url))
+        count = _run(_in_transaction(settings, url, purge_expired))
     typer.echo(f"purged {count} expired idempotency keys")
 
 

@@ -15,17 +15,6 @@ log = logging.getLogger(__name__)
 HEALTH_TIMEOUT_SECONDS = 1.5
 
 
-async def database_is_up(engine: AsyncEngine, timeout: float = HEALTH_TIMEOUT_SECONDS) -> bool:
-    try:
-        async with asyncio.timeout(timeout):
-            async with engine.connect() as connection:
-                await connection.execute(text("SELECT 1"))
-        return True
-    except Exception as exc:
-        log.warning("database health check failed", extra={"error": type(exc).__name__})
-        return False
-
-
 async def schema_state(
     engine: AsyncEngine, timeout: float = HEALTH_TIMEOUT_SECONDS
 ) -> tuple[bool, str | None]:
@@ -38,8 +27,14 @@ async def schema_state(
     except ProgrammingError:  # reachable, but no alembic_version table: not migrated
         return True, None
     except Exception as exc:
-        log.warning("readiness check failed", extra={"error": type(exc).__name__})
+        log.warning("database check failed", extra={"error": type(exc).__name__})
         return False, None
+
+
+async def database_is_up(engine: AsyncEngine, timeout: float = HEALTH_TIMEOUT_SECONDS) -> bool:
+    """Whether the database answers within `timeout` (the same single query as readiness)."""
+    up, _revision = await schema_state(engine, timeout)
+    return up
 
 
 @lru_cache(maxsize=1)
