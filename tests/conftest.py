@@ -14,15 +14,17 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import insert, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 from payment_service.app import create_app
+from payment_service.models import Payment
 from payment_service.sandbox.runner import Sandbox, SandboxConfig, build_sandbox
 from payment_service.settings import Settings
 
@@ -153,10 +155,22 @@ async def client(app: object) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
+async def insert_payment(session: AsyncSession, **overrides: object) -> int:
+    """A minimal SUCCESS payment on a trip of its own (for tests needing a payment id)."""
+    values: dict[str, object] = {
+        "trip_id": 7_000_000_000 + uuid.uuid4().int % 1_000_000_000,
+        "amount": Decimal("10.50"),
+        "method": "CARD",
+        "status": "SUCCESS",
+        "reference": f"TEST-{uuid.uuid4().hex[:20]}",
+    }
+    values.update(overrides)
+    result = await session.execute(insert(Payment).values(**values).returning(Payment.id))
+    return result.scalar_one()
+
+
 async def reset_database(engine: AsyncEngine, seed_file: Path | None = SEED_FILE) -> None:
     """Empty every table and reload the seed (the event log's trigger allows TRUNCATE)."""
-    from sqlalchemy.ext.asyncio import AsyncSession
-
     from payment_service.services.seed import load_seed
 
     async with engine.begin() as connection:

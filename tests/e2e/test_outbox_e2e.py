@@ -20,7 +20,7 @@ from payment_service.db import create_engine, create_session_factory
 from payment_service.models import OutboxMessage
 from payment_service.repositories.outbox import OutboxRepository
 from payment_service.sandbox import Sandbox, SandboxConfig, build_sandbox
-from tests.conftest import make_settings
+from tests.conftest import insert_payment, make_settings
 
 CLI = Path(sys.executable).with_name("payment-service")
 WAIT_SECONDS = 15.0
@@ -45,7 +45,8 @@ async def test_worker_command_delivers_and_stops_on_sigterm(
     sessions = create_session_factory(engine)
     try:
         async with sessions() as session, session.begin():
-            for payment_id in (1, 2, 3):
+            for _ in range(3):
+                payment_id = await insert_payment(session)
                 await OutboxRepository(session).enqueue(
                     "payment", payment_id, {"type": "payment", "amount": Decimal("10.50")}
                 )

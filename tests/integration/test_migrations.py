@@ -355,3 +355,26 @@ async def test_payment_events_refuse_delete(db: AsyncConnection) -> None:
 
     with pytest.raises(DBAPIError, match="append-only"):
         await db.execute(text("DELETE FROM payment_events WHERE id = :id"), {"id": event_id})
+
+
+async def test_outbox_message_for_a_missing_payment_is_rejected(db: AsyncConnection) -> None:
+    """notification_outbox.payment_id must name a real payment."""
+    with pytest.raises(IntegrityError, match="fk_notification_outbox_payment_id_payments"):
+        await db.execute(
+            text(
+                "INSERT INTO notification_outbox (message_type, payment_id, payload) "
+                "VALUES ('payment', 999999999999, '{}'::jsonb)"
+            )
+        )
+
+
+async def test_idempotency_key_for_a_missing_payment_is_rejected(db: AsyncConnection) -> None:
+    """idempotency_keys.payment_id, when set, must name a real payment."""
+    with pytest.raises(IntegrityError, match="fk_idempotency_keys_payment_id_payments"):
+        await db.execute(
+            text(
+                "INSERT INTO idempotency_keys (operation, client_id, key, fingerprint, state, "
+                "expires_at, payment_id) VALUES ('charge', 'default', 'fk-test', 'f', "
+                "'IN_PROGRESS', now() + interval '1 day', 999999999999)"
+            )
+        )

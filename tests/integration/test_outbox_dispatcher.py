@@ -31,7 +31,7 @@ from payment_service.repositories.outbox import OutboxRepository
 from payment_service.sandbox import Sandbox, SandboxConfig, build_sandbox
 from payment_service.settings import Settings
 from payment_service.worker.dispatcher import OutboxDispatcher
-from tests.conftest import make_settings
+from tests.conftest import insert_payment, make_settings
 
 SessionFactory = async_sessionmaker[AsyncSession]
 WAIT_SECONDS = 10.0
@@ -136,8 +136,9 @@ async def enqueue(sessions: SessionFactory, count: int) -> list[int]:
         repository = OutboxRepository(session)
         last = select(func.coalesce(func.max(OutboxMessage.id), 0))
         before = (await session.execute(last)).scalar_one()
-        for number in range(count):
-            await repository.enqueue("payment", 500 + number, payload(500 + number))
+        for _ in range(count):
+            payment_id = await insert_payment(session)  # outbox rows reference real payments
+            await repository.enqueue("payment", payment_id, payload(payment_id))
         ids = (
             await session.execute(
                 select(OutboxMessage.id).where(OutboxMessage.id > before).order_by(OutboxMessage.id)

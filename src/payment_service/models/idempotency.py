@@ -8,6 +8,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
+    ForeignKey,
     Identity,
     Index,
     Integer,
@@ -43,6 +44,6 @@ class IdempotencyKey(Base):
     locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     response_status: Mapped[int | None] = mapped_column(Integer)
     response_body: Mapped[str | None] = mapped_column(Text)
-    payment_id: Mapped[int | None] = mapped_column(BigInteger)
+    payment_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("payments.id"))
     created_at: Mapped[datetime] = created_at_column()
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)

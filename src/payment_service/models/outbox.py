@@ -9,6 +9,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
+    ForeignKey,
     Identity,
     Index,
     Integer,
@@ -38,7 +39,7 @@ class OutboxMessage(Base):
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
     message_type: Mapped[str] = mapped_column(String(16), nullable=False)
-    payment_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    payment_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("payments.id"), nullable=False)
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
     status: Mapped[str] = mapped_column(String(16), nullable=False, server_default="PENDING")
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
