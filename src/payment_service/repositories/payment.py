@@ -160,11 +160,21 @@ class PaymentRepository:
         return result.scalars().all()
 
     async def get_or_issue_receipt(self, payment: Payment, number: str) -> Receipt:
-        """Issue the receipt once; later calls (even concurrent ones) get the same row."""
-        await self.session.execute(
+        """Issue the receipt once; later calls (even concurrent ones) get the same row.
+
+        Reads first, so the usual request (a receipt already issued) writes nothing.
+        """
+        existing = select(Receipt).where(Receipt.payment_id == payment.id)
+        receipt = (await self.session.execute(existing)).scalar_one_or_none()
+        if receipt is not None:
+            return receipt
+        issued = await self.session.execute(
             insert(Receipt)
             .values(payment_id=payment.id, receipt_number=number)
             .on_conflict_do_nothing(index_elements=[Receipt.payment_id])
+            .returning(Receipt)
         )
-        result = await self.session.execute(select(Receipt).where(Receipt.payment_id == payment.id))
-        return result.scalar_one()
+        receipt = issued.scalar_one_or_none()
+        if receipt is None:  # a concurrent first request issued it a moment ago
+            receipt = (await self.session.execute(existing)).scalar_one()
+        return receipt
