@@ -32,7 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SEED_FILE = ROOT / "seeds" / "rhfd_payments.csv"
 TRIPS_FILE = ROOT / "seeds" / "rhfd_trips.csv"
 SHARED_FIXTURE = ROOT.parent / "shared" / "fixtures" / "rhfd_payments.csv"
-TABLES = "payment_events, refunds, receipts, notification_outbox, idempotency_keys, payments"
+TABLES = (
+    "gateway_events, payment_events, refunds, receipts, notification_outbox, idempotency_keys, "
+    "payments"
+)
 
 
 def _asyncpg(url: str | URL) -> URL:

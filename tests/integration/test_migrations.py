@@ -26,6 +26,7 @@ EXPECTED_TABLES = {
     "payment_events",
     "idempotency_keys",
     "notification_outbox",
+    "gateway_events",
 }
 
 
@@ -270,7 +271,7 @@ async def test_refunded_amount_without_refund_rows_cannot_commit(db: AsyncConnec
         ),
         {"id": payment_id},
     )
-    with pytest.raises(IntegrityError, match=r"refunded_amount is 4\.00"):
+    with pytest.raises(IntegrityError, match=r"records 4\.00 and 0\.00"):
         await _check_deferred(db)
 
 

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from payment_service.clients.gateway import GatewayRequest, SimulatedGateway
+from payment_service.clients.gateway import ChargeAttempt, SimulatedGateway
 from payment_service.models.enums import PaymentMethod, PaymentStatus
 from payment_service.settings import Settings
 
@@ -18,7 +18,9 @@ def gateway(decline: float = 0.0, pending: float = 0.0) -> SimulatedGateway:
 
 
 def request(trip_id: int = 1, method: PaymentMethod = PaymentMethod.CARD, **meta: str):
-    return GatewayRequest(
+    return ChargeAttempt(
+        payment_id=1,
+        idempotency_key="payment-1",
         reference="RHP20260101-ABCDEF",
         trip_id=trip_id,
         method=method,
@@ -31,14 +33,14 @@ def request(trip_id: int = 1, method: PaymentMethod = PaymentMethod.CARD, **meta
 async def test_same_request_same_outcome() -> None:
     """Repeating a request repeats its outcome and gateway reference."""
     gw = gateway(decline=0.3, pending=0.3)
-    outcomes = {await gw.authorize(request(trip_id=7)) for _ in range(5)}
+    outcomes = {await gw.charge(request(trip_id=7)) for _ in range(5)}
     assert len(outcomes) == 1
 
 
 async def test_rates_shape_the_outcomes() -> None:
     """With 30% declines and 30% pending, all three outcomes occur over many trips."""
     gw = gateway(decline=0.3, pending=0.3)
-    seen = {(await gw.authorize(request(trip_id=i))).status for i in range(200)}
+    seen = {(await gw.charge(request(trip_id=i))).status for i in range(200)}
     assert seen == {PaymentStatus.SUCCESS, PaymentStatus.PENDING, PaymentStatus.FAILED}
 
 
@@ -46,7 +48,7 @@ async def test_zero_rates_always_succeed() -> None:
     """The default rates (0) never decline."""
     gw = gateway()
     for i in range(50):
-        assert (await gw.authorize(request(trip_id=i))).status is PaymentStatus.SUCCESS
+        assert (await gw.charge(request(trip_id=i))).status is PaymentStatus.SUCCESS
 
 
 @pytest.mark.parametrize(
@@ -59,7 +61,7 @@ async def test_zero_rates_always_succeed() -> None:
 )
 async def test_metadata_forces_an_outcome(forced: str, status: PaymentStatus) -> None:
     """metadata simulate=decline|pending|success forces the outcome for tests."""
-    result = await gateway(decline=1.0).authorize(request(simulate=forced))
+    result = await gateway(decline=1.0).charge(request(simulate=forced))
     assert result.status is status
     if status is PaymentStatus.FAILED:
         assert result.failure_reason == "DECLINED"
@@ -67,7 +69,7 @@ async def test_metadata_forces_an_outcome(forced: str, status: PaymentStatus) ->
 
 async def test_cash_always_succeeds() -> None:
     """CASH succeeds even when declines are forced or certain."""
-    result = await gateway(decline=1.0).authorize(
+    result = await gateway(decline=1.0).charge(
         request(method=PaymentMethod.CASH, simulate="decline")
     )
     assert result.status is PaymentStatus.SUCCESS

@@ -6,10 +6,17 @@ from payment_service.models.enums import (
     OutboxStatus,
     PaymentMethod,
     PaymentStatus,
+    RefundStatus,
 )
 from payment_service.models.idempotency import IdempotencyKey
 from payment_service.models.outbox import OutboxMessage
-from payment_service.models.payment import Payment, PaymentEvent, Receipt, Refund
+from payment_service.models.payment import (
+    Payment,
+    PaymentEvent,
+    Receipt,
+    Refund,
+    WebhookEvent,
+)
 
 __all__ = [
     "Base",
@@ -23,4 +30,6 @@ __all__ = [
     "PaymentStatus",
     "Receipt",
     "Refund",
+    "RefundStatus",
+    "WebhookEvent",
 ]

@@ -13,6 +13,7 @@ class PaymentMethod(StrEnum):
 
 
 class PaymentStatus(StrEnum):
+    PROCESSING = "PROCESSING"  # the row exists, the processor has not answered yet
     PENDING = "PENDING"
     SUCCESS = "SUCCESS"
     FAILED = "FAILED"
@@ -20,7 +21,23 @@ class PaymentStatus(StrEnum):
     REFUNDED = "REFUNDED"
 
 
+# SPEC §3a: the only status changes the database accepts (trigger of migration 0005).
+ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
+    "PROCESSING": frozenset({"SUCCESS", "PENDING", "FAILED"}),
+    "PENDING": frozenset({"SUCCESS", "FAILED"}),
+    "SUCCESS": frozenset({"PARTIALLY_REFUNDED", "REFUNDED"}),
+    "PARTIALLY_REFUNDED": frozenset({"PARTIALLY_REFUNDED", "REFUNDED"}),
+    "FAILED": frozenset(),
+    "REFUNDED": frozenset(),
+}
+
 REFUNDABLE_STATUSES = frozenset({PaymentStatus.SUCCESS, PaymentStatus.PARTIALLY_REFUNDED})
+
+
+class RefundStatus(StrEnum):
+    PROCESSING = "PROCESSING"  # reserved from what remains; the processor has not confirmed
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"  # refused by the processor: its amount is refundable again
 
 
 class IdempotencyState(StrEnum):

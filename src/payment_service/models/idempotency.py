@@ -45,5 +45,7 @@ class IdempotencyKey(Base):
     response_status: Mapped[int | None] = mapped_column(Integer)
     response_body: Mapped[str | None] = mapped_column(Text)
     payment_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("payments.id"))
+    # A refund key is bound to its refund row, so a retry resumes it (migration 0005).
+    refund_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("refunds.id"))
     created_at: Mapped[datetime] = created_at_column()
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)

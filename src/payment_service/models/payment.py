@@ -26,6 +26,7 @@ from sqlalchemy import (
     Numeric,
     String,
     Text,
+    UniqueConstraint,
     func,
     text,
 )
@@ -33,7 +34,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from payment_service.models.base import Base, created_at_column
-from payment_service.models.enums import PaymentMethod, PaymentStatus, sql_in
+from payment_service.models.enums import PaymentMethod, PaymentStatus, RefundStatus, sql_in
 
 Money = Numeric(12, 2, asdecimal=True)
 
@@ -56,6 +57,10 @@ class Payment(Base):
             "status <> 'PARTIALLY_REFUNDED' OR refunded_amount < amount",
             name="partially_refunded_means_some",
         ),
+        CheckConstraint(
+            "refund_reserved >= 0 AND refunded_amount + refund_reserved <= amount",
+            name="refunds_in_flight_within_amount",
+        ),
         CheckConstraint(f"method IN ({sql_in(PaymentMethod)})", name="method_valid"),
         CheckConstraint(f"status IN ({sql_in(PaymentStatus)})", name="status_valid"),
         Index(
@@ -69,6 +74,11 @@ class Payment(Base):
         Index("ix_payments_status", "status"),
         Index("ix_payments_rider_id", "rider_id"),
         Index("ix_payments_driver_id", "driver_id"),
+        Index(
+            "ix_payments_unsettled",
+            "updated_at",
+            postgresql_where=text("status IN ('PROCESSING', 'PENDING')"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
@@ -80,8 +90,12 @@ class Payment(Base):
     method: Mapped[str] = mapped_column(String(16), nullable=False)
     status: Mapped[str] = mapped_column(String(24), nullable=False)
     refunded_amount: Mapped[Decimal] = mapped_column(Money, nullable=False, server_default="0")
+    # What refunds still PROCESSING at the processor have set aside (migration 0005).
+    refund_reserved: Mapped[Decimal] = mapped_column(Money, nullable=False, server_default="0")
     reference: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
     gateway_reference: Mapped[str | None] = mapped_column(String(64))
+    # The one key the processor sees for this payment: stable across retries and restarts.
+    gateway_idempotency_key: Mapped[str | None] = mapped_column(String(64), unique=True)
     failure_reason: Mapped[str | None] = mapped_column(Text)
     metadata_: Mapped[dict[str, Any]] = mapped_column(
         "metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")
@@ -93,8 +107,16 @@ class Payment(Base):
 
 
 class Refund(Base):
+    """A refund at the processor: PROCESSING (reserved) -> SUCCEEDED | FAILED."""
+
     __tablename__ = "refunds"
-    __table_args__ = (CheckConstraint("amount > 0", name="amount_positive"),)
+    __table_args__ = (
+        CheckConstraint("amount > 0", name="amount_positive"),
+        CheckConstraint(f"status IN ({sql_in(RefundStatus)})", name="status_valid"),
+        Index(
+            "ix_refunds_processing", "created_at", postgresql_where=text("status = 'PROCESSING'")
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
     payment_id: Mapped[int] = mapped_column(
@@ -102,7 +124,14 @@ class Refund(Base):
     )
     amount: Mapped[Decimal] = mapped_column(Money, nullable=False)
     reason: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, server_default="SUCCEEDED")
+    gateway_idempotency_key: Mapped[str | None] = mapped_column(String(64), unique=True)
+    gateway_reference: Mapped[str | None] = mapped_column(String(64))
+    failure_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = created_at_column()
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
 
 
 class Receipt(Base):
@@ -135,3 +164,18 @@ class PaymentEvent(Base):
         JSONB, nullable=False, server_default=text("'{}'::jsonb")
     )
     created_at: Mapped[datetime] = created_at_column()
+
+
+class WebhookEvent(Base):
+    """A processor webhook event, stored once per (provider, event id): replays change nothing."""
+
+    __tablename__ = "gateway_events"
+    __table_args__ = (UniqueConstraint("provider", "event_id", name="uq_gateway_events_event"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(32), nullable=False)
+    event_id: Mapped[str] = mapped_column(String(255), nullable=False)
+    event_type: Mapped[str] = mapped_column(String(64), nullable=False)
+    payment_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("payments.id"))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    received_at: Mapped[datetime] = created_at_column()

@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from payment_service.clients.gateway import GatewayRequest, PaymentGateway
+from payment_service.clients.gateway import ChargeAttempt, PaymentGateway
 from payment_service.clients.trip import Trip, TripClient
 from payment_service.db import SessionFactory
 from payment_service.errors import ConflictError, UnprocessableError
@@ -145,8 +145,10 @@ class ChargeService:
             raise UnprocessableError(f"Cannot price the trip: {exc}.") from None
 
         reference = new_reference()
-        result = await self.gateway.authorize(
-            GatewayRequest(
+        result = await self.gateway.charge(
+            ChargeAttempt(
+                payment_id=0,
+                idempotency_key=reference,
                 reference=reference,
                 trip_id=trip.trip_id,
                 method=request.method,
