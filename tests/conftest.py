@@ -129,6 +129,8 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
         "database_url": database_url,
         "rate_limit_enabled": False,
         "outbox_enabled": False,
+        "reconcile_enabled": False,
+        "gateway": "simulator",
         "log_level": "WARNING",
         "trip_service_url": "http://127.0.0.1:9",
         "notification_service_url": "http://127.0.0.1:9",

@@ -16,7 +16,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.responses import Response
 
 from payment_service import __version__
-from payment_service.api import charges, health, payments, receipts, refunds
+from payment_service.api import charges, health, payments, receipts, refunds, webhooks
 from payment_service.api.docs import install_docs
 from payment_service.db import create_engine, create_session_factory
 from payment_service.errors import install_error_handlers
@@ -32,8 +32,14 @@ refunds without ever refunding too much, issues receipts and notifies the
 Notification service through an outbox. Errors are RFC 9457 problem details."""
 
 
-def create_app(settings: Settings | None = None, *, run_dispatcher: bool | None = None) -> FastAPI:
-    """Build the app; `run_dispatcher=None` follows OUTBOX_ENABLED."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    run_dispatcher: bool | None = None,
+    run_reconciler: bool | None = None,
+) -> FastAPI:
+    """Build the app; `run_dispatcher` / `run_reconciler` None follow OUTBOX_ENABLED and
+    RECONCILE_ENABLED."""
     settings = settings or load_settings()
 
     @asynccontextmanager
@@ -49,17 +55,25 @@ def create_app(settings: Settings | None = None, *, run_dispatcher: bool | None 
             stack.push_async_callback(engine.dispose)
             app.state.engine = engine
             app.state.session_factory = create_session_factory(engine)
-            from payment_service.clients.gateway import SimulatedGateway
+            from payment_service.clients.gateway import build_gateway
             from payment_service.clients.trip import TripClient
 
             app.state.trip_client = await stack.enter_async_context(TripClient(settings))
-            app.state.gateway = SimulatedGateway(settings)
+            gateway = build_gateway(settings)
+            stack.push_async_callback(gateway.aclose)
+            app.state.gateway = gateway
             dispatch = settings.outbox_enabled if run_dispatcher is None else run_dispatcher
             if dispatch:
                 from payment_service.worker.dispatcher import OutboxDispatcher
 
                 dispatcher = OutboxDispatcher(settings, app.state.session_factory)
                 await stack.enter_async_context(dispatcher.running())
+            reconcile = settings.reconcile_enabled if run_reconciler is None else run_reconciler
+            if reconcile:
+                from payment_service.worker.reconciler import Reconciler
+
+                reconciler = Reconciler(settings, app.state.session_factory, gateway)
+                await stack.enter_async_context(reconciler.running())
             log.info("payment service started", extra={"version": __version__})
             yield
         log.info("payment service stopped")
@@ -76,7 +90,7 @@ def create_app(settings: Settings | None = None, *, run_dispatcher: bool | None 
     app.state.settings = settings
     install_error_handlers(app)
     install_docs(app)
-    for module in (health, payments, charges, refunds, receipts):
+    for module in (health, payments, charges, refunds, receipts, webhooks):
         app.include_router(module.router)
 
     init_metric_series()

@@ -60,6 +60,7 @@ async def run_dev(
                 "database_url": SecretStr(url.render_as_string(hide_password=False)),
                 "trip_service_url": sandbox.trip_url,
                 "notification_service_url": sandbox.notification_url,
+                "gateway": "simulator",
             }
         )
         host = "127.0.0.1" if settings.service_host == "0.0.0.0" else settings.service_host

@@ -142,6 +142,12 @@ OUTBOX_DELIVERY_FAILURES = Counter(
     "outbox_delivery_failures", "Failed notification delivery attempts"
 )
 OUTBOX_DELIVERED = Counter("outbox_delivered", "Notifications delivered")
+RECONCILER_RUNS = Counter(
+    "reconciler_rows", "Payments and refunds the reconciler handled", ["outcome"]
+)
+GATEWAY_WEBHOOKS = Counter(
+    "gateway_webhooks", "Processor webhook deliveries by outcome", ["outcome"]
+)
 TRIP_OUTCOMES = ("found", "not_found", "not_completed", "unavailable", "invalid")
 
 
@@ -156,6 +162,10 @@ def init_metric_series() -> None:
         TRIP_SERVICE_REQUESTS.labels(outcome=outcome)
     for operation in ("charge", "refund"):
         IDEMPOTENT_REPLAYS.labels(operation=operation)
+    for outcome in ("finished", "unavailable"):
+        RECONCILER_RUNS.labels(outcome=outcome)
+    for outcome in ("applied", "duplicate", "ignored", "invalid"):
+        GATEWAY_WEBHOOKS.labels(outcome=outcome)
 
 
 def log_extra(**fields: Any) -> dict[str, Any]:

@@ -69,8 +69,19 @@ class Settings(BaseSettings):
     currency: str = Field("INR", min_length=3, max_length=3)
     base_fare: Decimal = Field(Decimal("5.00"), ge=0)
     rate_per_km: Decimal = Field(Decimal("2.50"), ge=0)
+
+    # Payment processor: `stripe` (the default, real or the sandbox) or `simulator`
+    # (in-process, for unit tests and the benchmark).
+    gateway: Literal["stripe", "simulator"] = "stripe"
     gateway_decline_rate: float = Field(0.0, ge=0, le=1)
     gateway_pending_rate: float = Field(0.0, ge=0, le=1)
+
+    # Reconciler (in `serve` and `worker`): finishes PROCESSING payments and refunds that
+    # nobody retried and polls PENDING ones, by asking the processor.
+    reconcile_enabled: bool = True
+    reconcile_after_seconds: float = Field(60.0, gt=0)
+    reconcile_interval_seconds: float = Field(10.0, gt=0)
+    reconcile_batch_size: int = Field(50, ge=1, le=1000)
 
     # Idempotency.
     idempotency_ttl_hours: int = Field(24, ge=1)

@@ -76,7 +76,10 @@ async def test_event_and_outbox_are_written_with_the_payment(
     async with engine.connect() as connection:
         events = (
             await connection.execute(
-                text("SELECT event_type, to_status FROM payment_events WHERE payment_id = :p"),
+                text(
+                        "SELECT event_type, to_status FROM payment_events "
+                        "WHERE payment_id = :p ORDER BY id"
+                    ),
                 {"p": payment_id},
             )
         ).all()
@@ -90,7 +93,10 @@ async def test_event_and_outbox_are_written_with_the_payment(
                 {"p": payment_id, "r": reference},
             )
         ).all()
-    assert [(e.event_type, e.to_status) for e in events] == [("CHARGE_SUCCESS", "SUCCESS")]
+    assert [(e.event_type, e.to_status) for e in events] == [
+        ("CHARGE_STARTED", "PROCESSING"),
+        ("CHARGE_SUCCESS", "SUCCESS"),
+    ]
     assert len(outbox) == 1 and outbox[0].message_type == "payment"
     assert outbox[0].payload["payment_id"] == payment_id
     assert outbox[0].payload["type"] == "payment"

@@ -9,12 +9,13 @@ from starlette.responses import Response
 
 from payment_service.api.payments import PaymentId
 from payment_service.api.routing import MoneyRoute
-from payment_service.dependencies import SessionDep, SettingsDep
+from payment_service.dependencies import GatewayDep, SessionDep, SessionFactoryDep, SettingsDep
 from payment_service.errors import problem_responses
 from payment_service.jsonutil import MoneyJSONResponse
 from payment_service.schemas.refund import RefundList, RefundRequest, RefundResponse
 from payment_service.services import refunds as refund_service
 from payment_service.services.idempotency import REPLAY_HEADER, resolve_key
+from payment_service.services.transitions import remaining_refundable
 
 router = APIRouter(prefix="/v1/payments", tags=["refunds"], route_class=MoneyRoute)
 
@@ -25,20 +26,30 @@ router = APIRouter(prefix="/v1/payments", tags=["refunds"], route_class=MoneyRou
     summary="Refund a payment in part or in full (idempotent)",
     description=(
         "Without `amount`, refunds all that remains. Only SUCCESS and PARTIALLY_REFUNDED "
-        "payments are refundable (else 409); an amount over what remains is a 422."
+        "payments are refundable (else 409); an amount over what remains is a 422. "
+        "200 when the processor confirmed the refund, 202 while it is pending there "
+        "(`refund_status` PROCESSING), 422 `refund-declined` when it refused (the amount "
+        "stays refundable)."
     ),
-    responses=problem_responses(400, 404, 409, 422, 429, 500),
+    responses={
+        202: {"model": RefundResponse, "description": "Refund pending at the processor"},
+        **problem_responses(400, 404, 409, 422, 429, 500, 503),
+    },
 )
 async def refund(
     payment_id: PaymentId,
-    session: SessionDep,
     settings: SettingsDep,
+    session_factory: SessionFactoryDep,
+    gateway: GatewayDep,
     body: RefundRequest | None = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
     body = body or RefundRequest()
     key = resolve_key(body.idempotency_key, idempotency_key)
-    outcome = await refund_service.RefundService(settings).refund(session, payment_id, body, key)
+    service = refund_service.RefundService(
+        settings=settings, session_factory=session_factory, gateway=gateway
+    )
+    outcome = await service.refund(payment_id, body, key)
     headers = {REPLAY_HEADER: "true"} if outcome.replayed else None
     return Response(
         outcome.body,
@@ -64,6 +75,7 @@ async def list_refunds(payment_id: PaymentId, session: SessionDep) -> MoneyJSONR
                     "refund_id": r.id,
                     "payment_id": r.payment_id,
                     "amount": r.amount,
+                    "status": r.status,
                     "reason": r.reason,
                     "created_at": r.created_at,
                 }
@@ -71,6 +83,6 @@ async def list_refunds(payment_id: PaymentId, session: SessionDep) -> MoneyJSONR
             ],
             "count": len(refunds),
             "total_refunded": payment.refunded_amount,
-            "remaining_refundable": payment.amount - payment.refunded_amount,
+            "remaining_refundable": remaining_refundable(payment),
         }
     )

@@ -220,3 +220,12 @@ class SimulatedGateway:
         if draw < self.decline_rate + self.pending_rate:
             return PaymentStatus.PENDING
         return PaymentStatus.SUCCESS
+
+
+def build_gateway(settings: Settings) -> PaymentGateway:
+    """The configured processor integration (the lifespan owns and closes it)."""
+    if settings.gateway == "simulator":
+        return SimulatedGateway(settings)
+    from payment_service.clients.stripe_gateway import StripeGateway
+
+    return StripeGateway(settings)

@@ -22,6 +22,8 @@ class KeyRow:
     expires_at: datetime
     response_status: int | None
     response_body: str | None
+    payment_id: int | None
+    refund_id: int | None
     db_now: datetime
 
 
@@ -70,6 +72,8 @@ class IdempotencyRepository:
             IdempotencyKey.expires_at,
             IdempotencyKey.response_status,
             IdempotencyKey.response_body,
+            IdempotencyKey.payment_id,
+            IdempotencyKey.refund_id,
             func.now().label("db_now"),
         ).where(
             IdempotencyKey.operation == operation,
@@ -99,9 +103,11 @@ class IdempotencyRepository:
             "response_status": None,
             "response_body": None,
         }
-        if ttl is not None:
+        if ttl is not None:  # an expired key starts over: it no longer names a payment
             values["expires_at"] = func.now() + ttl
             values["created_at"] = func.now()
+            values["payment_id"] = None
+            values["refund_id"] = None
         await self.session.execute(
             update(IdempotencyKey).where(IdempotencyKey.id == key_id).values(**values)
         )
@@ -123,6 +129,54 @@ class IdempotencyRepository:
             )
         )
         return result.rowcount == 1  # type: ignore[attr-defined]
+
+    async def bind(
+        self, key_id: int, token: str, *, payment_id: int, refund_id: int | None = None
+    ) -> bool:
+        """Tie an in-flight key to the row it created; False when our lease was taken over."""
+        result = await self.session.execute(
+            update(IdempotencyKey)
+            .where(IdempotencyKey.id == key_id, IdempotencyKey.lease_token == token)
+            .values(payment_id=payment_id, refund_id=refund_id)
+        )
+        return result.rowcount == 1  # type: ignore[attr-defined]
+
+    async def complete_bound(
+        self, *, operation: str, status: int, body: str, payment_id: int, refund_id: int | None
+    ) -> None:
+        """Store the answer on every in-flight key bound to this payment (or refund).
+
+        Whoever finishes the row (the request, a same-key retry, the reconciler or a
+        webhook) stores the answer, so it does not depend on holding the lease.
+        """
+        condition = (
+            IdempotencyKey.refund_id == refund_id
+            if refund_id is not None
+            else IdempotencyKey.payment_id == payment_id
+        )
+        await self.session.execute(
+            update(IdempotencyKey)
+            .where(
+                IdempotencyKey.operation == operation,
+                condition,
+                IdempotencyKey.state == IdempotencyState.IN_PROGRESS.value,
+            )
+            .values(
+                state=IdempotencyState.COMPLETED.value,
+                response_status=status,
+                response_body=body,
+                lease_token=None,
+                locked_until=None,
+            )
+        )
+
+    async def end_lease(self, key_id: int, token: str) -> None:
+        """Let the next same-key retry resume at once (the key stays bound, nothing lost)."""
+        await self.session.execute(
+            update(IdempotencyKey)
+            .where(IdempotencyKey.id == key_id, IdempotencyKey.lease_token == token)
+            .values(locked_until=func.now())
+        )
 
     async def release(self, key_id: int, token: str) -> None:
         """Forget an in-flight key whose request changed nothing, so it can be retried."""

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import case, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from payment_service.models import Payment, PaymentEvent, Receipt, Refund
-from payment_service.models.enums import PaymentStatus
+from payment_service.models.enums import PaymentStatus, RefundStatus
+
+UNSETTLED = (PaymentStatus.PROCESSING.value, PaymentStatus.PENDING.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,33 +95,161 @@ class PaymentRepository:
             )
         )
 
-    async def record_refund(
+    async def finish_charge(
         self,
         payment_id: int,
         *,
-        amount: Decimal,
-        reason: str | None,
-        refunded: Decimal,
+        from_statuses: tuple[str, ...],
         status: str,
-    ) -> tuple[int, datetime]:
-        """Insert the refund and move the payment's total and status with it.
+        gateway_reference: str | None,
+        failure_reason: str | None,
+    ) -> Payment | None:
+        """The guarded move out of PROCESSING (or PENDING): None when another path
+        (a retry, the reconciler, a webhook) already moved it, so it happens once."""
+        statement = (
+            update(Payment)
+            .where(Payment.id == payment_id, Payment.status.in_(from_statuses))
+            .values(
+                status=status,
+                gateway_reference=func.coalesce(gateway_reference, Payment.gateway_reference),
+                failure_reason=failure_reason,
+                updated_at=func.now(),
+            )
+            .returning(Payment)
+            .execution_options(synchronize_session=False, populate_existing=True)
+        )
+        return (await self.session.execute(statement)).scalar_one_or_none()
 
-        The deferred triggers of migration 0003 check at COMMIT that the two agree.
+    async def reserve_refund(
+        self, payment_id: int, *, amount: Decimal, reason: str | None, gateway_key: str
+    ) -> Refund:
+        """A PROCESSING refund and its reservation on the payment (row locked by the caller).
+
+        `ck_payments_refunds_in_flight_within_amount` refuses a reservation past the amount.
         """
-        refund_id, created_at = (
+        refund = (
             await self.session.execute(
                 insert(Refund)
-                .values(payment_id=payment_id, amount=amount, reason=reason)
-                .returning(Refund.id, Refund.created_at)
+                .values(
+                    payment_id=payment_id,
+                    amount=amount,
+                    reason=reason,
+                    status=RefundStatus.PROCESSING.value,
+                    gateway_idempotency_key=gateway_key,
+                )
+                .returning(Refund)
             )
-        ).one()
+        ).scalar_one()
         await self.session.execute(
             update(Payment)
             .where(Payment.id == payment_id)
-            .values(refunded_amount=refunded, status=status, updated_at=func.now())
+            .values(refund_reserved=Payment.refund_reserved + amount, updated_at=func.now())
             .execution_options(synchronize_session=False)
         )
-        return refund_id, created_at
+        return refund
+
+    async def get_refund(self, refund_id: int) -> Refund | None:
+        return await self.session.get(Refund, refund_id)
+
+    async def finish_refund(
+        self,
+        refund_id: int,
+        *,
+        status: str,
+        gateway_reference: str | None,
+        failure_reason: str | None,
+    ) -> Refund | None:
+        """The guarded move out of PROCESSING; None when it was already finished."""
+        statement = (
+            update(Refund)
+            .where(Refund.id == refund_id, Refund.status == RefundStatus.PROCESSING.value)
+            .values(
+                status=status,
+                gateway_reference=func.coalesce(gateway_reference, Refund.gateway_reference),
+                failure_reason=failure_reason,
+                updated_at=func.now(),
+            )
+            .returning(Refund)
+            .execution_options(synchronize_session=False, populate_existing=True)
+        )
+        return (await self.session.execute(statement)).scalar_one_or_none()
+
+    async def settle_reservation(
+        self, payment_id: int, amount: Decimal, *, refunded: bool
+    ) -> Payment:
+        """Release a finished refund's reservation; a confirmed one moves to `refunded_amount`
+        and the status follows (the deferred triggers of 0003/0005 check the sums)."""
+        added = amount if refunded else Decimal("0")
+        new_total = Payment.refunded_amount + added
+        status = (
+            case(
+                (new_total == Payment.amount, PaymentStatus.REFUNDED.value),
+                else_=PaymentStatus.PARTIALLY_REFUNDED.value,
+            )
+            if refunded
+            else Payment.status
+        )
+        statement = (
+            update(Payment)
+            .where(Payment.id == payment_id)
+            .values(
+                refund_reserved=Payment.refund_reserved - amount,
+                refunded_amount=new_total,
+                status=status,
+                updated_at=func.now(),
+            )
+            .returning(Payment)
+            .execution_options(synchronize_session=False, populate_existing=True)
+        )
+        return (await self.session.execute(statement)).scalar_one()
+
+    async def unsettled_payments(self, *, older_than: float, limit: int) -> list[Payment]:
+        """PROCESSING/PENDING payments untouched for `older_than` seconds, leased to us.
+
+        `FOR UPDATE SKIP LOCKED` keeps replicas on disjoint rows; bumping `updated_at`
+        hides the rows from the others until `older_than` passes again.
+        """
+        picked = (
+            select(Payment.id)
+            .where(
+                Payment.status.in_(UNSETTLED),
+                Payment.updated_at < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than),
+            )
+            .order_by(Payment.updated_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        statement = (
+            update(Payment)
+            .where(Payment.id.in_(picked))
+            .values(updated_at=func.now())
+            .returning(Payment)
+            .execution_options(synchronize_session=False, populate_existing=True)
+        )
+        return list((await self.session.execute(statement)).scalars().all())
+
+    async def unsettled_refunds(self, *, older_than: float, limit: int) -> list[Refund]:
+        """PROCESSING refunds untouched for `older_than` seconds, leased like payments."""
+        picked = (
+            select(Refund.id)
+            .where(
+                Refund.status == RefundStatus.PROCESSING.value,
+                Refund.updated_at < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than),
+            )
+            .order_by(Refund.updated_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        statement = (
+            update(Refund)
+            .where(Refund.id.in_(picked))
+            .values(updated_at=func.now())
+            .returning(Refund)
+            .execution_options(synchronize_session=False, populate_existing=True)
+        )
+        return list((await self.session.execute(statement)).scalars().all())
 
     async def search(self, query: PaymentQuery) -> tuple[Sequence[Payment], int]:
         """One page, newest first (ties by id), plus the total matching the filters."""

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from payment_service.models.enums import PaymentStatus
+from payment_service.models.enums import PaymentStatus, RefundStatus
 from payment_service.schemas.common import IdempotencyKeyStr, Money
 
 
@@ -33,7 +33,10 @@ class RefundResponse(BaseModel):
     refund_id: int
     payment_id: int
     refund_amount: Money
-    status: PaymentStatus
+    status: PaymentStatus = Field(description="The payment's status after this refund")
+    refund_status: RefundStatus = Field(
+        description="SUCCEEDED, or PROCESSING while the processor has not confirmed it"
+    )
     remaining_refundable: Money
     reason: str | None
     timestamp: datetime
@@ -43,6 +46,7 @@ class RefundRead(BaseModel):
     refund_id: int
     payment_id: int
     amount: Money
+    status: RefundStatus
     reason: str | None
     created_at: datetime
 

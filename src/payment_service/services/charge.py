@@ -1,12 +1,21 @@
 """Charging a trip: where a charge is decided and where its transactions begin and end.
 
-    claim key + "already paid?" (tx 1) -> Trip service (no transaction)
-      -> gateway (no transaction) -> record payment + event + outbox + answer (tx 2)
+    tx 1  claim the key + "already paid?"     (a finished key replays here, touching
+                                               neither the Trip service nor the processor)
+          Trip service                         (no transaction open)
+    tx 2  INSERT payment PROCESSING + bind the key to it
+          processor, with the payment's own gateway idempotency key   (no transaction)
+    tx 3  guarded move PROCESSING -> SUCCESS | PENDING | FAILED + event + outbox + answer
+                                               (`services/transitions.py`)
 
-No transaction is held across the Trip or gateway call. The database has the last
-word on "one live payment per trip" (`uq_payments_live_trip`): the insert uses
-ON CONFLICT against that partial unique index, so concurrent charges for one trip
-with different keys produce exactly one live payment and 409s naming it.
+The payment exists before money moves, so money the processor took is never lost:
+after a crash, a database outage or a processor timeout the payment stays PROCESSING
+and the key stays bound to it. A retry with the same key resumes that payment (no
+second Trip lookup, the same gateway key, so no second capture), and the reconciler
+(`worker/reconciler.py`) finishes it if nobody retries. The database has the last
+word on "one live payment per trip" (`uq_payments_live_trip`, PROCESSING counts as
+live): the insert uses ON CONFLICT against that index, so concurrent charges for one
+trip with different keys produce exactly one payment and 409s naming it.
 """
 
 from __future__ import annotations
@@ -14,40 +23,40 @@ from __future__ import annotations
 import logging
 import secrets
 import string
+import uuid
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from payment_service.clients.gateway import ChargeAttempt, PaymentGateway
+from payment_service.clients.gateway import (
+    ChargeAttempt,
+    ChargeResult,
+    GatewayUnavailableError,
+    PaymentGateway,
+)
 from payment_service.clients.trip import Trip, TripClient
 from payment_service.db import SessionFactory
 from payment_service.errors import ConflictError, UnprocessableError
-from payment_service.jsonutil import dumps
 from payment_service.models import Payment
-from payment_service.models.enums import PaymentStatus
-from payment_service.observability import (
-    PAYMENT_AMOUNT,
-    PAYMENTS,
-    TRIP_SERVICE_REQUESTS,
-    current_request_id,
-)
-from payment_service.repositories.outbox import OutboxRepository
+from payment_service.models.enums import PaymentMethod, PaymentStatus
+from payment_service.observability import TRIP_SERVICE_REQUESTS
 from payment_service.repositories.payment import PaymentRepository
-from payment_service.schemas.payment import ChargeRequest, payment_dict
+from payment_service.schemas.payment import ChargeRequest
 from payment_service.services.fares import FareUnavailableError, compute_fare
 from payment_service.services.idempotency import (
+    DEFAULT_CLIENT,
     Claim,
     Idempotency,
     StoredResponse,
     fingerprint,
 )
+from payment_service.services.transitions import charge_answer, finish_charge
 from payment_service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-STATUS_CODES = {PaymentStatus.SUCCESS: 201, PaymentStatus.PENDING: 202, PaymentStatus.FAILED: 202}
 _REFERENCE_ALPHABET = string.ascii_uppercase + string.digits
 
 
@@ -86,6 +95,11 @@ def new_reference(now: datetime | None = None) -> str:
     return f"RHP{now:%Y%m%d}-{suffix}"
 
 
+def new_gateway_key() -> str:
+    """The processor's idempotency key for one payment, stored on its row (never re-made)."""
+    return f"payment-{uuid.uuid4()}"
+
+
 @dataclass(frozen=True, slots=True)
 class ChargeOutcome:
     status_code: int
@@ -103,12 +117,13 @@ class ChargeService:
         session_factory: SessionFactory,
         trip_client: TripClient,
         gateway: PaymentGateway,
+        client_id: str = DEFAULT_CLIENT,
     ) -> None:
         self.settings = settings
         self.session_factory = session_factory
         self.trip_client = trip_client
         self.gateway = gateway
-        self.idempotency = Idempotency(settings, "charge")
+        self.idempotency = Idempotency(settings, "charge", client_id)
 
     async def charge(self, request: ChargeRequest, key: str) -> ChargeOutcome:
         request_fingerprint = fingerprint(
@@ -128,14 +143,19 @@ class ChargeService:
         )
         if isinstance(claimed, StoredResponse):
             return ChargeOutcome(claimed.status_code, claimed.body, replayed=True)
+        if claimed.payment_id is not None:
+            return await self._resume(claimed, claimed.payment_id, source="retry")
         try:
-            return await self._charge_claimed(request, claimed)
+            payment = await self._create_payment(request, claimed)
         except BaseException:
             # Nothing was recorded (tx 2 rolled back or never ran): the key may be reused.
             await self.idempotency.release(self.session_factory, claimed)
             raise
+        # From here on the key stays bound to the payment, whatever happens.
+        return await self._resume(claimed, payment.id, source="request", payment=payment)
 
-    async def _charge_claimed(self, request: ChargeRequest, claim: Claim) -> ChargeOutcome:
+    async def _create_payment(self, request: ChargeRequest, claim: Claim) -> Payment:
+        """Trip lookup (no transaction), then tx 2: the PROCESSING row, bound to the key."""
         trip = await self._completed_trip(request)
         try:
             amount = compute_fare(
@@ -143,46 +163,58 @@ class ChargeService:
             )
         except FareUnavailableError as exc:
             raise UnprocessableError(f"Cannot price the trip: {exc}.") from None
-
-        reference = new_reference()
-        result = await self.gateway.charge(
-            ChargeAttempt(
-                payment_id=0,
-                idempotency_key=reference,
-                reference=reference,
-                trip_id=trip.trip_id,
-                method=request.method,
-                amount=amount,
-                currency=self.settings.currency,
-                metadata=request.metadata or {},
-            )
-        )
         async with self.session_factory() as session, session.begin():
             payment = await self._insert_payment(
                 session,
                 trip,
                 method=request.method.value,
                 amount=amount,
-                status=result.status.value,
-                reference=reference,
-                gateway_reference=result.gateway_reference,
-                failure_reason=result.failure_reason,
+                status=PaymentStatus.PROCESSING.value,
+                reference=new_reference(),
+                gateway_idempotency_key=new_gateway_key(),
                 metadata_=request.metadata or {},
             )
-            body_dict = payment_dict(payment) | {"message": result.message}
-            body = dumps(body_dict)
-            status_code = STATUS_CODES[result.status]
-            await self._record_side_effects(session, payment, result.message)
-            await self.idempotency.complete(
-                session, claim, status_code=status_code, body=body, payment_id=payment.id
+            await PaymentRepository(session).append_event(
+                payment.id,
+                "CHARGE_STARTED",
+                from_status=None,
+                to_status=payment.status,
+                amount=amount,
+                data={"gateway": self.gateway.name},
             )
-        PAYMENTS.labels(method=payment.method, status=payment.status).inc()
-        PAYMENT_AMOUNT.observe(float(amount))
-        log.info(
-            "charge recorded",
-            extra={"payment_id": payment.id, "trip_id": trip.trip_id, "status": payment.status},
-        )
-        return ChargeOutcome(status_code, body, replayed=False)
+            await self.idempotency.bind(session, claim, payment_id=payment.id)
+        return payment
+
+    async def _resume(
+        self, claim: Claim, payment_id: int, *, source: str, payment: Payment | None = None
+    ) -> ChargeOutcome:
+        """Ask the processor (same gateway key as every earlier attempt) and record it."""
+        if payment is None:
+            async with self.session_factory() as session:
+                payment = await PaymentRepository(session).get(payment_id)
+            assert payment is not None  # bound keys reference payments (FK)
+        if payment.status == PaymentStatus.PROCESSING.value:
+            try:
+                result = await self._ask_processor(payment)
+            except GatewayUnavailableError:
+                await self.idempotency.end_lease(self.session_factory, claim)
+                raise
+            async with self.session_factory() as session, session.begin():
+                payment, _ = await finish_charge(session, payment.id, result, source=source)
+                answer = charge_answer(payment, result.message)
+        else:  # finished meanwhile (reconciler, webhook): answer with what it recorded
+            answer = charge_answer(payment)
+            async with self.session_factory() as session, session.begin():
+                await self.idempotency.complete_bound(
+                    session, status_code=answer.status_code, body=answer.body, payment_id=payment.id
+                )
+        return ChargeOutcome(answer.status_code, answer.body, replayed=False)
+
+    async def _ask_processor(self, payment: Payment) -> ChargeResult:
+        if payment.method == PaymentMethod.CASH.value:
+            # The driver collected it: no processor moves this money.
+            return ChargeResult(PaymentStatus.SUCCESS, None, "Cash payment recorded")
+        return await self.gateway.charge(charge_attempt(payment))
 
     async def _completed_trip(self, request: ChargeRequest) -> Trip:
         trip = await self.trip_client.get_trip(request.trip_id)
@@ -208,7 +240,7 @@ class ChargeService:
         )
 
     async def _insert_payment(self, session: AsyncSession, trip: Trip, **values: Any) -> Payment:
-        """The payment, unless another live payment for the trip won the race (409)."""
+        """The PROCESSING payment, unless another live payment for the trip won the race (409)."""
         repo = PaymentRepository(session)
         payment = await repo.insert_unless_trip_paid(
             trip_id=trip.trip_id,
@@ -223,39 +255,6 @@ class ChargeService:
             raise TripAlreadyPaidError(trip.trip_id, payment_id, live_status)
         return payment
 
-    async def _record_side_effects(
-        self, session: AsyncSession, payment: Payment, message: str
-    ) -> None:
-        """The event and the notification, in the payment's own transaction."""
-        await PaymentRepository(session).append_event(
-            payment.id,
-            f"CHARGE_{payment.status}",
-            from_status=None,
-            to_status=payment.status,
-            amount=payment.amount,
-            data={"message": message, "gateway_reference": payment.gateway_reference},
-        )
-        await OutboxRepository(session).enqueue("payment", payment.id, payment_message(payment))
-
-
-def payment_message(payment: Payment) -> dict[str, Any]:
-    """What the Notification service is told about a charge."""
-    return {
-        "type": "payment",
-        "event": f"payment.{payment.status.lower()}",
-        "payment_id": payment.id,
-        "trip_id": payment.trip_id,
-        "rider_id": payment.rider_id,
-        "driver_id": payment.driver_id,
-        "status": payment.status,
-        "amount": payment.amount,
-        "currency": payment.currency,
-        "method": payment.method,
-        "reference": payment.reference,
-        "occurred_at": payment.created_at.isoformat(),
-        "request_id": current_request_id(),
-    }
-
 
 async def _ensure_unpaid(session: AsyncSession, trip_id: int) -> None:
     """Refuse early (before the Trip service and the gateway) when the trip is already paid.
@@ -266,3 +265,19 @@ async def _ensure_unpaid(session: AsyncSession, trip_id: int) -> None:
     live = await PaymentRepository(session).find_live_for_trip(trip_id)
     if live is not None:
         raise TripAlreadyPaidError(trip_id, *live)
+
+
+def charge_attempt(payment: Payment) -> ChargeAttempt:
+    """What the processor is asked for a payment: the same every time, from the stored row."""
+    assert payment.gateway_idempotency_key is not None
+    return ChargeAttempt(
+        payment_id=payment.id,
+        idempotency_key=payment.gateway_idempotency_key,
+        reference=payment.reference,
+        trip_id=payment.trip_id,
+        method=PaymentMethod(payment.method),
+        amount=payment.amount,
+        currency=payment.currency,
+        metadata=payment.metadata_ or {},
+        gateway_reference=payment.gateway_reference,
+    )

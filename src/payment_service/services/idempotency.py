@@ -62,10 +62,16 @@ class LeaseLostError(ConflictError):
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """We hold the key: do the work, then `complete` (or `release`)."""
+    """We hold the key: do the work, then `complete` (or `release`).
+
+    `payment_id` / `refund_id` are set when an earlier attempt with this key already
+    created its row: the work is then resumed, never started again.
+    """
 
     key_id: int
     token: str
+    payment_id: int | None = None
+    refund_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +161,7 @@ class Idempotency:
             await repo.take_over(
                 row.id, fingerprint=request_fingerprint, token=token, lease=self.lease, ttl=None
             )
-            return Claim(row.id, token)
+            return Claim(row.id, token, row.payment_id, row.refund_id)
         return None
 
     def _finished(self, row: KeyRow, request_fingerprint: str) -> StoredResponse:
@@ -177,8 +183,9 @@ class Idempotency:
     ) -> Claim | StoredResponse:
         """Claim in short transactions of our own, waiting a little for an in-flight twin.
 
-        `precheck` runs in the claiming transaction once the key is ours; if it raises,
-        the claim rolls back with it (nothing stored, the key stays free).
+        `precheck` runs in the claiming transaction once a fresh key is ours (not when it
+        resumes a row an earlier attempt created); if it raises, the claim rolls back with
+        it (nothing stored, the key stays free).
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait_seconds
@@ -186,7 +193,12 @@ class Idempotency:
         while True:
             async with session_factory() as session, session.begin():
                 outcome = await self.try_claim(session, key, request_fingerprint)
-                if isinstance(outcome, Claim) and precheck is not None:
+                if (
+                    isinstance(outcome, Claim)
+                    and precheck is not None
+                    and outcome.payment_id is None
+                    and outcome.refund_id is None
+                ):
                     await precheck(session)
             if outcome is not None:
                 return outcome
@@ -219,11 +231,49 @@ class Idempotency:
             payment_id=payment_id,
         )
         if not stored:
-            raise LeaseLostError(
-                "The request took longer than its lease and was taken over; retry to get "
-                "the outcome.",
-                headers={"Retry-After": "1"},
-            )
+            raise self.lease_lost()
+
+    async def bind(
+        self, session: AsyncSession, claim: Claim, *, payment_id: int, refund_id: int | None = None
+    ) -> None:
+        """Tie the key to the row it created, in that row's transaction: from then on no
+        failure releases the key, and a retry resumes that row."""
+        if not await IdempotencyRepository(session).bind(
+            claim.key_id, claim.token, payment_id=payment_id, refund_id=refund_id
+        ):
+            raise self.lease_lost()
+
+    async def complete_bound(
+        self,
+        session: AsyncSession,
+        *,
+        status_code: int,
+        body: bytes,
+        payment_id: int,
+        refund_id: int | None = None,
+    ) -> None:
+        """Store the answer on the keys bound to this payment or refund (see the repository)."""
+        await IdempotencyRepository(session).complete_bound(
+            operation=self.operation,
+            status=status_code,
+            body=body.decode("utf-8"),
+            payment_id=payment_id,
+            refund_id=refund_id,
+        )
+
+    async def end_lease(self, session_factory: SessionFactory, claim: Claim) -> None:
+        """Best effort: a retry may resume at once; else the lease simply runs out."""
+        try:
+            async with session_factory() as session, session.begin():
+                await IdempotencyRepository(session).end_lease(claim.key_id, claim.token)
+        except Exception:
+            log.warning("could not end an idempotency lease early; it will expire")
+
+    def lease_lost(self) -> LeaseLostError:
+        return LeaseLostError(
+            "The request took longer than its lease and was taken over; retry to get the outcome.",
+            headers={"Retry-After": "1"},
+        )
 
     async def release(self, session_factory: SessionFactory, claim: Claim) -> None:
         """Forget the key (best effort: an expired lease is recoverable anyway)."""

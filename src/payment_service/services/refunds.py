@@ -1,33 +1,53 @@
-"""Refunds: partial or full, never past the amount.
+"""Refunds: partial or full, through the processor, never past the amount.
 
-Everything happens in the request's one transaction: the idempotency key is
-claimed, the payment row is locked (`SELECT .. FOR UPDATE`, so concurrent refunds
-queue up), the remaining amount is checked, and the refund, the payment update,
-the event, the outbox message and the stored answer commit together. The CHECK
-`refunded_amount <= amount` is the database's backstop if code ever got it wrong.
+    tx 1  claim the key (a finished key replays; a key bound to a refund resumes it)
+    tx 2  lock the payment (`SELECT .. FOR UPDATE`, so concurrent refunds queue), check
+          what remains (refunds still in flight at the processor count as spent),
+          INSERT the refund PROCESSING and reserve its amount, bind the key to it
+          processor, with the refund's own gateway idempotency key (no transaction)
+    tx 3  guarded move PROCESSING -> SUCCEEDED | FAILED (`services/transitions.py`): the
+          reservation becomes `refunded_amount`, or goes back to what remains
+
+The database is the backstop: `ck_payments_refunds_in_flight_within_amount` keeps
+refunded + reserved <= amount, and the deferred triggers of migrations 0003/0005 tie
+both sums to the refund rows.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from payment_service.clients.gateway import (
+    GatewayUnavailableError,
+    PaymentGateway,
+    RefundAttempt,
+)
+from payment_service.db import SessionFactory
 from payment_service.errors import ConflictError, UnprocessableError
-from payment_service.jsonutil import dumps
 from payment_service.models import Payment, Refund
-from payment_service.models.enums import REFUNDABLE_STATUSES, PaymentStatus
-from payment_service.observability import REFUND_AMOUNT, REFUNDS, current_request_id
-from payment_service.repositories.outbox import OutboxRepository
+from payment_service.models.enums import REFUNDABLE_STATUSES, RefundStatus
 from payment_service.repositories.payment import PaymentRepository
 from payment_service.schemas.refund import RefundRequest
-from payment_service.services.idempotency import Idempotency, StoredResponse, fingerprint
+from payment_service.services.idempotency import (
+    DEFAULT_CLIENT,
+    Claim,
+    Idempotency,
+    StoredResponse,
+    fingerprint,
+)
 from payment_service.services.payments import PaymentNotFoundError
+from payment_service.services.transitions import (
+    Answer,
+    finish_refund,
+    refund_answer,
+    remaining_refundable,
+)
 from payment_service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -74,12 +94,21 @@ def _check_amount(requested: Decimal | None, remaining: Decimal) -> Decimal:
 
 
 class RefundService:
-    def __init__(self, settings: Settings) -> None:
-        self.idempotency = Idempotency(settings, "refund")
+    """Decides and records refunds; one instance per request."""
 
-    async def refund(
-        self, session: AsyncSession, payment_id: int, request: RefundRequest, key: str
-    ) -> RefundOutcome:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        session_factory: SessionFactory,
+        gateway: PaymentGateway,
+        client_id: str = DEFAULT_CLIENT,
+    ) -> None:
+        self.session_factory = session_factory
+        self.gateway = gateway
+        self.idempotency = Idempotency(settings, "refund", client_id)
+
+    async def refund(self, payment_id: int, request: RefundRequest, key: str) -> RefundOutcome:
         request_fingerprint = fingerprint(
             {
                 "payment_id": payment_id,
@@ -87,102 +116,106 @@ class RefundService:
                 "reason": request.reason,
             }
         )
-        claimed = await self.idempotency.try_claim(session, key, request_fingerprint)
+        claimed = await self.idempotency.claim(self.session_factory, key, request_fingerprint)
         if isinstance(claimed, StoredResponse):
             return RefundOutcome(claimed.status_code, claimed.body, replayed=True)
-        if claimed is None:
-            raise self.idempotency.in_flight()
+        if claimed.refund_id is not None:
+            return await self._resume(claimed, claimed.refund_id, source="retry")
+        try:
+            refund = await self._reserve(payment_id, request, claimed)
+        except BaseException:
+            # Nothing was recorded (tx 2 rolled back): the key may be reused.
+            await self.idempotency.release(self.session_factory, claimed)
+            raise
+        # From here on the key stays bound to the refund, whatever happens.
+        return await self._resume(claimed, refund.id, source="request")
 
-        repo = PaymentRepository(session)
-        payment = await repo.get_for_update(payment_id)
-        if payment is None:
-            raise PaymentNotFoundError(payment_id)
-        if payment.status not in REFUNDABLE_STATUSES:
-            raise PaymentNotRefundableError(
-                f"Payment {payment_id} is {payment.status}; only SUCCESS and "
-                "PARTIALLY_REFUNDED payments can be refunded.",
-                payment_status=payment.status,
+    async def _reserve(self, payment_id: int, request: RefundRequest, claim: Claim) -> Refund:
+        """tx 2: the refund row PROCESSING, its amount set aside, the key bound to it."""
+        async with self.session_factory() as session, session.begin():
+            repo = PaymentRepository(session)
+            payment = await repo.get_for_update(payment_id)
+            if payment is None:
+                raise PaymentNotFoundError(payment_id)
+            if payment.status not in REFUNDABLE_STATUSES:
+                raise PaymentNotRefundableError(
+                    f"Payment {payment_id} is {payment.status}; only SUCCESS and "
+                    "PARTIALLY_REFUNDED payments can be refunded.",
+                    payment_status=payment.status,
+                )
+            remaining = remaining_refundable(payment)
+            if remaining <= 0:
+                detail = (
+                    f"Payment {payment_id} is fully refunded."
+                    if payment.refund_reserved == 0
+                    else f"Payment {payment_id} has nothing left to refund: "
+                    f"{payment.refund_reserved} is still being refunded."
+                )
+                raise PaymentNotRefundableError(detail, remaining_refundable=remaining)
+            amount = _check_amount(request.amount, remaining)
+            refund = await repo.reserve_refund(
+                payment_id, amount=amount, reason=request.reason, gateway_key=new_gateway_key()
             )
-        remaining = payment.amount - payment.refunded_amount
-        amount = _check_amount(request.amount, remaining)
-        if amount <= 0:
-            raise PaymentNotRefundableError(f"Payment {payment_id} is fully refunded.")
+            await self.idempotency.bind(session, claim, payment_id=payment_id, refund_id=refund.id)
+        return refund
 
-        previous = payment.status
-        refunded = payment.refunded_amount + amount
-        new_status = (
-            PaymentStatus.REFUNDED
-            if refunded == payment.amount
-            else PaymentStatus.PARTIALLY_REFUNDED
-        ).value
-        refund_id, created_at = await repo.record_refund(
-            payment_id,
-            amount=amount,
-            reason=request.reason,
-            refunded=refunded,
-            status=new_status,
+    async def _resume(self, claim: Claim, refund_id: int, *, source: str) -> RefundOutcome:
+        """Ask the processor (the refund's own gateway key every time) and record it."""
+        async with self.session_factory() as session:
+            repo = PaymentRepository(session)
+            refund = await repo.get_refund(refund_id)
+            assert refund is not None  # bound keys reference refunds (FK)
+            payment = await repo.get(refund.payment_id)
+            assert payment is not None
+        if refund.status == RefundStatus.PROCESSING.value:
+            try:
+                result = await self.gateway.refund(refund_attempt(payment, refund))
+            except GatewayUnavailableError:
+                await self.idempotency.end_lease(self.session_factory, claim)
+                raise
+            async with self.session_factory() as session, session.begin():
+                payment, refund, _ = await finish_refund(session, refund_id, result, source=source)
+                answer = refund_answer(payment, refund)
+                if refund.status == RefundStatus.PROCESSING.value:
+                    # Pending at the processor: the answer says so; a webhook or the
+                    # reconciler confirms it later.
+                    await self._store(session, answer, payment.id, refund_id)
+        else:  # finished meanwhile (reconciler, webhook): answer with what it recorded
+            answer = refund_answer(payment, refund)
+            async with self.session_factory() as session, session.begin():
+                await self._store(session, answer, payment.id, refund_id)
+        return RefundOutcome(answer.status_code, answer.body, replayed=False)
+
+    async def _store(
+        self, session: AsyncSession, answer: Answer, payment_id: int, refund_id: int
+    ) -> None:
+        await self.idempotency.complete_bound(
+            session,
+            status_code=answer.status_code,
+            body=answer.body,
+            payment_id=payment_id,
+            refund_id=refund_id,
         )
-        await repo.append_event(
-            payment_id,
-            "REFUND",
-            from_status=previous,
-            to_status=new_status,
-            amount=amount,
-            data={"refund_id": refund_id, "reason": request.reason},
-        )
-        await OutboxRepository(session).enqueue(
-            "refund",
-            payment_id,
-            refund_message(
-                payment, refund_id, amount, created_at, status=new_status, refunded=refunded
-            ),
-        )
-        body = dumps(
-            {
-                "refund_id": refund_id,
-                "payment_id": payment_id,
-                "refund_amount": amount,
-                "status": new_status,
-                "remaining_refundable": payment.amount - refunded,
-                "reason": request.reason,
-                "timestamp": created_at,
-            }
-        )
-        await self.idempotency.complete(
-            session, claimed, status_code=200, body=body, payment_id=payment_id
-        )
-        REFUNDS.inc()
-        REFUND_AMOUNT.inc(float(amount))
-        log.info("refund recorded", extra={"payment_id": payment_id, "refund_id": refund_id})
-        return RefundOutcome(200, body, replayed=False)
 
 
-def refund_message(
-    payment: Payment,
-    refund_id: int,
-    amount: Decimal,
-    created_at: datetime,
-    *,
-    status: str,
-    refunded: Decimal,
-) -> dict[str, Any]:
-    """What the Notification service is told about a refund (with the payment's new state)."""
-    return {
-        "type": "refund",
-        "event": f"payment.{status.lower()}",
-        "payment_id": payment.id,
-        "refund_id": refund_id,
-        "trip_id": payment.trip_id,
-        "rider_id": payment.rider_id,
-        "driver_id": payment.driver_id,
-        "status": status,
-        "amount": amount,
-        "payment_amount": payment.amount,
-        "refunded_amount": refunded,
-        "currency": payment.currency,
-        "occurred_at": created_at.astimezone(UTC).isoformat(),
-        "request_id": current_request_id(),
-    }
+def new_gateway_key() -> str:
+    """The processor's idempotency key for one refund, stored on its row (never re-made)."""
+    return f"refund-{uuid.uuid4()}"
+
+
+def refund_attempt(payment: Payment, refund: Refund) -> RefundAttempt:
+    """What the processor is asked for a refund: the same every time, from the stored rows."""
+    assert refund.gateway_idempotency_key is not None
+    return RefundAttempt(
+        refund_id=refund.id,
+        payment_id=payment.id,
+        idempotency_key=refund.gateway_idempotency_key,
+        payment_gateway_reference=payment.gateway_reference,
+        amount=refund.amount,
+        currency=payment.currency,
+        reason=refund.reason,
+        gateway_reference=refund.gateway_reference,
+    )
 
 
 async def list_refunds(session: AsyncSession, payment_id: int) -> tuple[Payment, Sequence[Refund]]:

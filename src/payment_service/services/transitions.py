@@ -1,0 +1,276 @@
+"""Where a payment or refund leaves PROCESSING (or PENDING), whoever learns the outcome.
+
+The request itself, a same-key retry, the reconciler and a processor webhook all
+finish rows through these two functions, each inside the caller's one transaction:
+the row is locked, its status decides whether this caller is the one who moves it
+(a second finisher changes nothing), and the event, the outbox message and the
+stored idempotent answer are written with the move. The database refuses any
+status change SPEC §3a does not list (trigger `payments_status_transition`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from payment_service.clients.gateway import ChargeResult, RefundResult
+from payment_service.errors import PROBLEM_BASE
+from payment_service.jsonutil import dumps
+from payment_service.models import Payment, Refund
+from payment_service.models.enums import PaymentStatus, RefundStatus
+from payment_service.observability import (
+    PAYMENT_AMOUNT,
+    PAYMENTS,
+    REFUND_AMOUNT,
+    REFUNDS,
+    current_request_id,
+)
+from payment_service.repositories.idempotency import IdempotencyRepository
+from payment_service.repositories.outbox import OutboxRepository
+from payment_service.repositories.payment import PaymentRepository
+from payment_service.schemas.payment import payment_dict
+
+log = logging.getLogger(__name__)
+
+CHARGE_STATUS_CODES = {
+    PaymentStatus.SUCCESS.value: 201,
+    PaymentStatus.PENDING.value: 202,
+    PaymentStatus.FAILED.value: 202,
+}
+# Where each outcome may come from (the database trigger enforces the same).
+_CHARGE_SOURCES = {
+    PaymentStatus.SUCCESS.value: (PaymentStatus.PROCESSING.value, PaymentStatus.PENDING.value),
+    PaymentStatus.FAILED.value: (PaymentStatus.PROCESSING.value, PaymentStatus.PENDING.value),
+    PaymentStatus.PENDING.value: (PaymentStatus.PROCESSING.value,),
+}
+_MESSAGES = {
+    PaymentStatus.SUCCESS.value: "Payment successful",
+    PaymentStatus.PENDING.value: "Payment is pending confirmation by the provider",
+    PaymentStatus.FAILED.value: "Payment declined by the provider",
+    PaymentStatus.PROCESSING.value: "Payment is being processed",
+    PaymentStatus.PARTIALLY_REFUNDED.value: "Payment successful",
+    PaymentStatus.REFUNDED.value: "Payment successful",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An HTTP answer rendered from a stored row: the caller's and the replayed one."""
+
+    status_code: int
+    body: bytes
+
+
+def charge_answer(payment: Payment, message: str | None = None) -> Answer:
+    """201 for SUCCESS (and anything refunded since), 202 for PENDING and FAILED."""
+    body = payment_dict(payment) | {"message": message or _MESSAGES[payment.status]}
+    return Answer(CHARGE_STATUS_CODES.get(payment.status, 201), dumps(body))
+
+
+async def finish_charge(
+    session: AsyncSession, payment_id: int, result: ChargeResult, *, source: str
+) -> tuple[Payment, bool]:
+    """Record the processor's answer for a payment; (payment, whether we moved it).
+
+    `source` (request, retry, reconciler, webhook) goes into the event for the audit.
+    """
+    repo = PaymentRepository(session)
+    payment = await repo.get_for_update(payment_id)
+    if payment is None:
+        raise LookupError(f"payment {payment_id} does not exist")
+    target = result.status.value
+    if payment.status not in _CHARGE_SOURCES.get(target, ()):
+        return payment, False
+    previous = payment.status
+    moved = await repo.finish_charge(
+        payment_id,
+        from_statuses=(previous,),
+        status=target,
+        gateway_reference=result.gateway_reference,
+        failure_reason=result.failure_reason,
+    )
+    assert moved is not None  # the row is locked and was in `previous`
+    await repo.append_event(
+        payment_id,
+        f"CHARGE_{target}",
+        from_status=previous,
+        to_status=target,
+        amount=moved.amount,
+        data={
+            "message": result.message,
+            "gateway_reference": moved.gateway_reference,
+            "failure_reason": result.failure_reason,
+            "source": source,
+        },
+    )
+    await OutboxRepository(session).enqueue("payment", payment_id, payment_message(moved))
+    answer = charge_answer(moved, result.message)
+    await IdempotencyRepository(session).complete_bound(
+        operation="charge",
+        status=answer.status_code,
+        body=answer.body.decode("utf-8"),
+        payment_id=payment_id,
+        refund_id=None,
+    )
+    PAYMENTS.labels(method=moved.method, status=target).inc()
+    if target == PaymentStatus.SUCCESS.value:
+        PAYMENT_AMOUNT.observe(float(moved.amount))
+    log.info(
+        "charge finished",
+        extra={"payment_id": payment_id, "status": target, "from": previous, "source": source},
+    )
+    return moved, True
+
+
+def payment_message(payment: Payment) -> dict[str, Any]:
+    """What the Notification service is told about a charge."""
+    return {
+        "type": "payment",
+        "event": f"payment.{payment.status.lower()}",
+        "payment_id": payment.id,
+        "trip_id": payment.trip_id,
+        "rider_id": payment.rider_id,
+        "driver_id": payment.driver_id,
+        "status": payment.status,
+        "amount": payment.amount,
+        "currency": payment.currency,
+        "method": payment.method,
+        "reference": payment.reference,
+        "occurred_at": payment.created_at.isoformat(),
+        "request_id": current_request_id(),
+    }
+
+
+def refund_answer(payment: Payment, refund: Refund) -> Answer:
+    """200 when the processor confirmed, 202 while it is pending, 422 when it refused."""
+    remaining = payment.amount - payment.refunded_amount - payment.refund_reserved
+    if refund.status == RefundStatus.FAILED.value:
+        problem = {
+            "type": PROBLEM_BASE + "refund-declined",
+            "title": "Refund Declined",
+            "status": 422,
+            "detail": (
+                f"The payment processor declined refund {refund.id}; "
+                f"{remaining} remains refundable."
+            ),
+            "refund_id": refund.id,
+            "payment_id": payment.id,
+            "refund_status": refund.status,
+            "remaining_refundable": remaining,
+        }
+        return Answer(422, dumps(problem))
+    body = {
+        "refund_id": refund.id,
+        "payment_id": payment.id,
+        "refund_amount": refund.amount,
+        "status": payment.status,
+        "refund_status": refund.status,
+        "remaining_refundable": remaining,
+        "reason": refund.reason,
+        "timestamp": refund.created_at,
+    }
+    code = 202 if refund.status == RefundStatus.PROCESSING.value else 200
+    return Answer(code, dumps(body))
+
+
+async def finish_refund(
+    session: AsyncSession, refund_id: int, result: RefundResult, *, source: str
+) -> tuple[Payment, Refund, bool]:
+    """Record the processor's answer for a refund; (payment, refund, whether we moved it).
+
+    A confirmed refund moves its reservation into `refunded_amount` (and the payment's
+    status follows); a refused one gives its reservation back to what remains.
+    """
+    repo = PaymentRepository(session)
+    refund = await repo.get_refund(refund_id)
+    if refund is None:
+        raise LookupError(f"refund {refund_id} does not exist")
+    payment = await repo.get_for_update(refund.payment_id)
+    assert payment is not None
+    if result.status is RefundStatus.PROCESSING:
+        if result.gateway_reference and refund.gateway_reference is None:
+            await repo.finish_refund(
+                refund_id,
+                status=RefundStatus.PROCESSING.value,
+                gateway_reference=result.gateway_reference,
+                failure_reason=None,
+            )
+        return payment, refund, False
+    finished = await repo.finish_refund(
+        refund_id,
+        status=result.status.value,
+        gateway_reference=result.gateway_reference,
+        failure_reason=result.failure_reason,
+    )
+    if finished is None:  # someone else finished it first
+        await session.refresh(refund)
+        return payment, refund, False
+    previous = payment.status
+    succeeded = result.status is RefundStatus.SUCCEEDED
+    payment = await repo.settle_reservation(payment.id, finished.amount, refunded=succeeded)
+    await repo.append_event(
+        payment.id,
+        "REFUND" if succeeded else "REFUND_FAILED",
+        from_status=previous,
+        to_status=payment.status,
+        amount=finished.amount,
+        data={
+            "refund_id": refund_id,
+            "reason": finished.reason,
+            "gateway_reference": finished.gateway_reference,
+            "failure_reason": result.failure_reason,
+            "source": source,
+        },
+    )
+    await OutboxRepository(session).enqueue("refund", payment.id, refund_message(payment, finished))
+    answer = refund_answer(payment, finished)
+    await IdempotencyRepository(session).complete_bound(
+        operation="refund",
+        status=answer.status_code,
+        body=answer.body.decode("utf-8"),
+        payment_id=payment.id,
+        refund_id=refund_id,
+    )
+    if succeeded:
+        REFUNDS.inc()
+        REFUND_AMOUNT.inc(float(finished.amount))
+    log.info(
+        "refund finished",
+        extra={"payment_id": payment.id, "refund_id": refund_id, "status": finished.status},
+    )
+    return payment, finished, True
+
+
+def refund_message(payment: Payment, refund: Refund) -> dict[str, Any]:
+    """What the Notification service is told about a refund (with the payment's new state)."""
+    return {
+        "type": "refund",
+        "event": (
+            f"payment.{payment.status.lower()}"
+            if refund.status == RefundStatus.SUCCEEDED.value
+            else "refund.failed"
+        ),
+        "payment_id": payment.id,
+        "refund_id": refund.id,
+        "refund_status": refund.status,
+        "trip_id": payment.trip_id,
+        "rider_id": payment.rider_id,
+        "driver_id": payment.driver_id,
+        "status": payment.status,
+        "amount": refund.amount,
+        "payment_amount": payment.amount,
+        "refunded_amount": payment.refunded_amount,
+        "currency": payment.currency,
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "request_id": current_request_id(),
+    }
+
+
+def remaining_refundable(payment: Payment) -> Decimal:
+    """What may still be refunded: refunds still in flight at the processor count as spent."""
+    return payment.amount - payment.refunded_amount - payment.refund_reserved
