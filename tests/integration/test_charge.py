@@ -77,9 +77,9 @@ async def test_event_and_outbox_are_written_with_the_payment(
         events = (
             await connection.execute(
                 text(
-                        "SELECT event_type, to_status FROM payment_events "
-                        "WHERE payment_id = :p ORDER BY id"
-                    ),
+                    "SELECT event_type, to_status FROM payment_events "
+                    "WHERE payment_id = :p ORDER BY id"
+                ),
                 {"p": payment_id},
             )
         ).all()
