@@ -1,6 +1,6 @@
 """The `payment-service` command line.
 
-Commands: serve, dev, migrate, seed, worker, purge-idempotency-keys, sandbox.
+Commands: serve, dev, migrate, seed, worker, reconcile, purge-idempotency-keys, sandbox.
 
 Every command turns configuration and connection problems into one line on stderr
 and a non-zero exit code, never a traceback.
@@ -16,13 +16,16 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from payment_service.observability import configure_logging
+
+if TYPE_CHECKING:
+    from payment_service.services.reconciliation import ReconciliationReport
 from payment_service.settings import ConfigurationError, Settings, load_settings
 
 log = logging.getLogger("payment_service.cli")
@@ -210,13 +213,49 @@ def serve(
 
 @app.command()
 def worker() -> None:
-    """Run only the outbox dispatcher (deliver notifications) until stopped."""
+    """Run the outbox dispatcher and the reconciler (no API) until stopped."""
     from payment_service.worker.dispatcher import run_worker
 
     settings = _settings()
     with _database(settings) as url:
         _run(check_database(url, wait=10.0))
         asyncio.run(run_worker(settings, url))
+
+
+@app.command()
+def reconcile() -> None:
+    """Compare our payments with the processor's ledger; exit 1 on any difference."""
+    settings = _settings()
+    with _database(settings) as url:
+        report = _run(_reconcile(settings, url))
+    if report.without_ledger:
+        typer.echo("GATEWAY=simulator keeps no ledger: nothing to compare")
+        return
+    for difference in report.differences:
+        typer.echo(str(difference))
+    typer.echo(
+        f"compared {report.compared} payments with the processor: "
+        f"{len(report.differences)} differences"
+    )
+    if report.differences:
+        raise typer.Exit(1)
+
+
+async def _reconcile(settings: Settings, url: URL) -> ReconciliationReport:
+    from payment_service.clients.gateway import GatewayUnavailableError, build_gateway
+    from payment_service.db import create_engine, create_session_factory
+    from payment_service.services.reconciliation import reconcile
+
+    await check_database(url)
+    engine = create_engine(settings, url)
+    gateway = build_gateway(settings)
+    try:
+        return await reconcile(create_session_factory(engine), gateway)
+    except GatewayUnavailableError as exc:
+        raise fail(f"cannot reach the payment processor: {exc.detail}", 4) from None
+    finally:
+        await gateway.aclose()
+        await engine.dispose()
 
 
 @app.command("purge-idempotency-keys")

@@ -160,7 +160,7 @@ async def test_two_worker_processes_never_deliver_a_message_concurrently(
     ]
     for worker in workers:
         await wait_until(
-            lambda worker=worker: "outbox worker running" in worker.log_text(),
+            lambda worker=worker: "worker running" in worker.log_text(),
             STARTUP_TIMEOUT_SECONDS,
             f"{worker.name} did not start",
         )

@@ -358,15 +358,25 @@ def _describe(exc: BaseException) -> str:
 
 
 async def run_worker(settings: Settings, url: URL) -> None:
-    """`payment-service worker`: run the dispatcher until SIGINT or SIGTERM, then clean up."""
+    """`payment-service worker`: the dispatcher and the reconciler until SIGINT or SIGTERM."""
+    from payment_service.clients.gateway import build_gateway
     from payment_service.db import create_engine, create_session_factory
+    from payment_service.worker.reconciler import Reconciler
 
     engine = create_engine(settings, url)
+    gateway = build_gateway(settings)
     try:
-        dispatcher = OutboxDispatcher(settings, create_session_factory(engine))
-        async with stop_on_signals() as stop, dispatcher.running():
-            log.info("outbox worker running; stop with SIGINT or SIGTERM")
+        session_factory = create_session_factory(engine)
+        dispatcher = OutboxDispatcher(settings, session_factory)
+        async with contextlib.AsyncExitStack() as stack:
+            stop = await stack.enter_async_context(stop_on_signals())
+            await stack.enter_async_context(dispatcher.running())
+            if settings.reconcile_enabled:
+                reconciler = Reconciler(settings, session_factory, gateway)
+                await stack.enter_async_context(reconciler.running())
+            log.info("worker running (outbox, reconciler); stop with SIGINT or SIGTERM")
             await stop.wait()
-            log.info("outbox worker stopping")
+            log.info("worker stopping")
     finally:
+        await gateway.aclose()
         await engine.dispose()
