@@ -23,7 +23,7 @@ def _free_port() -> int:
 
 
 def _config(trips_file: Path | None, **overrides: object) -> SandboxConfig:
-    ports = {"trip_port": 0, "notification_port": 0, "control_port": 0}
+    ports = {"trip_port": 0, "notification_port": 0, "processor_port": 0, "control_port": 0}
     return SandboxConfig(trips_file=trips_file, log_level=None, **{**ports, **overrides})  # type: ignore[arg-type]
 
 
@@ -32,6 +32,7 @@ async def test_stop_frees_every_port(trips_file: Path) -> None:
     ports = {
         "trip_port": _free_port(),
         "notification_port": _free_port(),
+        "processor_port": _free_port(),
         "control_port": _free_port(),
     }
     first = build_sandbox(_config(trips_file, **ports))
@@ -114,7 +115,9 @@ def test_default_config_serves_the_project_trips_file() -> None:
 
     assert config.trips_file is not None
     assert config.trips_file.parts[-2:] == ("seeds", "rhfd_trips.csv")
-    assert (config.trip_port, config.notification_port, config.control_port) == (8081, 8084, 8085)
+    ports = (config.trip_port, config.notification_port, config.control_port)
+    assert ports == (8081, 8084, 8085)
+    assert config.processor_port == 8087
 
 
 def test_command_help_lists_the_options() -> None:
@@ -131,6 +134,10 @@ def test_command_help_lists_the_options() -> None:
         "--trip-port",
         "--notification-port",
         "--control-port",
+        "--processor-port",
+        "--processor-mode",
+        "--processor-webhook-url",
+        "--processor-webhook-secret",
         "--trips-file",
         "--trip-mode",
         "--notification-mode",
@@ -138,7 +145,7 @@ def test_command_help_lists_the_options() -> None:
         "--fail-status",
     ):
         assert option in result.output
-    assert "Run sandbox Trip and Notification services" in result.output
+    assert "Run sandbox Trip, Notification and payment processor services" in result.output
 
 
 async def test_command_serves_until_sigint(trips_file: Path) -> None:
@@ -151,6 +158,7 @@ async def test_command_serves_until_sigint(trips_file: Path) -> None:
         "--trip-port=0",
         "--notification-port=0",
         "--control-port=0",
+        "--processor-port=0",
         f"--trips-file={trips_file}",
         "--notification-mode=fail",
         stderr=asyncio.subprocess.PIPE,
@@ -187,6 +195,7 @@ async def test_command_reports_a_busy_port_in_one_line(trips_file: Path) -> None
             f"--trip-port={taken.getsockname()[1]}",
             "--notification-port=0",
             "--control-port=0",
+            "--processor-port=0",
             f"--trips-file={trips_file}",
             stderr=asyncio.subprocess.PIPE,
         )
