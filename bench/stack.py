@@ -339,7 +339,9 @@ def running_service(
     """
     logdir = workdir / "logs"
     logdir.mkdir(parents=True, exist_ok=True)
-    trip_port, notification_port, control_port, api_port = (free_port() for _ in range(4))
+    trip_port, notification_port, control_port, processor_port, api_port = (
+        free_port() for _ in range(5)
+    )
     processes: list[Process] = []
     try:
         sandbox = start_process(
@@ -353,6 +355,8 @@ def running_service(
                 str(notification_port),
                 "--control-port",
                 str(control_port),
+                "--processor-port",
+                str(processor_port),
             ],
             env={"LOG_LEVEL": "WARNING"},
             cwd=workdir,
