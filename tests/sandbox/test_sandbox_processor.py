@@ -423,7 +423,8 @@ async def test_processor_modes_are_refused_for_other_peers(
 async def test_down_and_up_close_and_reopen_the_processor_port(
     sandbox: Sandbox, client: httpx.AsyncClient
 ) -> None:
-    """down refuses connections; up serves again on the same port."""
+    """down refuses connections; up serves again on the same port, its ledger kept."""
+    await create(client, sandbox, pi_form(), key())
     await sandbox.set_fault("processor", "down")
     with pytest.raises(httpx.ConnectError):
         await create(client, sandbox, pi_form(), key())
@@ -431,6 +432,24 @@ async def test_down_and_up_close_and_reopen_the_processor_port(
 
     assert (await create(client, sandbox, pi_form(), key())).status_code == 200
     assert sandbox.status()["processor"]["listening"] is True
+    assert (await ledger(client, sandbox))["count"] == 2
+
+
+async def test_pending_payment_settles_while_the_processor_is_unreachable(
+    sandbox: Sandbox, client: httpx.AsyncClient
+) -> None:
+    """Like a real processor, settling does not depend on us reaching it."""
+    await sandbox.set_fault("processor", "pending", delay_seconds=0.1)
+    intent = (await create(client, sandbox, pi_form(), key())).json()
+
+    await sandbox.set_fault("processor", "down")
+    await asyncio.sleep(0.3)
+    await sandbox.set_fault("processor", "up")
+    answer = await client.get(
+        f"{sandbox.processor_url}/v1/payment_intents/{intent['id']}", headers=AUTH
+    )
+
+    assert answer.json()["status"] == "succeeded"
 
 
 # --- refunds ---------------------------------------------------------------------------

@@ -341,9 +341,14 @@ class SandboxProcessor:
         self.deliveries.clear()
 
     async def aclose(self) -> None:
-        """Stop background work and close the webhook client (the app's shutdown)."""
+        """Stop settlements and deliveries and close the webhook client (the sandbox stopping).
+
+        Not tied to the HTTP server's lifespan: `down` stops that server, and a real
+        processor keeps its ledger and settles pending payments while we cannot reach it.
+        """
         tasks = list(self._tasks)
-        self.reset()
+        for task in tasks:
+            task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
@@ -999,16 +1004,10 @@ def _error_response(error: StripeAPIError, request_id: str) -> Response:
 def create_processor_app(processor: SandboxProcessor) -> FastAPI:
     """The Stripe stand-in's HTTP face; `/health` and `/_sandbox/faults` need no API key."""
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> Any:
-        yield
-        await processor.aclose()
-
     app = FastAPI(
         title="Sandbox payment processor",
         summary="The Stripe API subset the Payment Service's Stripe adapter uses.",
         version="1.0.0",
-        lifespan=lifespan,
     )
     app.include_router(create_fault_router(processor.faults, "processor"))
 

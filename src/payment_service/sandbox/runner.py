@@ -345,6 +345,7 @@ class Sandbox:
         """Stop every server; when this returns, all ports are free."""
         servers = (*self.servers.values(), self.control)
         await asyncio.gather(*(server.stop() for server in servers))
+        await self.processor.aclose()
 
     async def __aenter__(self) -> "Sandbox":
         """Start on entry."""
