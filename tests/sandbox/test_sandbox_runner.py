@@ -169,10 +169,11 @@ async def test_command_serves_until_sigint(trips_file: Path) -> None:
         async with asyncio.timeout(15):
             while "sandbox:" not in line:  # skip anything logged before the ready line
                 line = (await process.stderr.readline()).decode()
-        urls = dict(re.findall(r"(Trip|Notification) service (http://[\d.:]+)", line))
+        urls = dict(re.findall(r"(Trip|Notification|Processor) service (http://[\d.:]+)", line))
         async with httpx.AsyncClient() as client:
             trip = await client.get(f"{urls['Trip']}/v1/trips/1")
             delivery = await client.post(f"{urls['Notification']}/v1/notifications", json={})
+            unauthenticated = await client.get(f"{urls['Processor']}/v1/payment_intents/pi_1")
     finally:
         process.send_signal(signal.SIGINT)
         code = await asyncio.wait_for(process.wait(), timeout=10)
@@ -180,6 +181,7 @@ async def test_command_serves_until_sigint(trips_file: Path) -> None:
     assert "control http://127.0.0.1:" in line
     assert trip.json()["total_fare"] == 99.01
     assert delivery.status_code == 500
+    assert unauthenticated.status_code == 401  # the processor wants a Bearer sk_test_ key
     assert code == 0
 
 

@@ -423,7 +423,7 @@ class Sandbox:
         labels = (
             (Peer.TRIP, "Trip"),
             (Peer.NOTIFICATION, "Notification"),
-            (Peer.PROCESSOR, "processor"),
+            (Peer.PROCESSOR, "Processor"),
         )
         for peer, label in labels:
             server = self.servers[peer]
