@@ -161,6 +161,20 @@ async def test_charge_succeeds_and_the_processor_holds_our_ids(
     assert entry["capture_count"] == 1
 
 
+async def test_metadata_stripe_cannot_hold_is_left_out(
+    gateway: StripeGateway, sandbox: Sandbox
+) -> None:
+    """Caller keys over Stripe's 40 characters (ours allow 64) do not make the charge fail."""
+    charge = attempt(metadata={"k" * 41: "long", "note": "kept", "a[b]": "bracket"})
+
+    result = await gateway.charge(charge)
+
+    assert result.status is PaymentStatus.SUCCESS
+    [entry] = await ledger(sandbox, charge.payment_id)
+    assert entry["metadata"]["note"] == "kept"
+    assert "k" * 41 not in entry["metadata"] and "a[b]" not in entry["metadata"]
+
+
 async def test_the_same_attempt_twice_captures_once(
     gateway: StripeGateway, sandbox: Sandbox
 ) -> None:

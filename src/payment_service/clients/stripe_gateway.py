@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 WEBHOOK_TOLERANCE_SECONDS = 300
 PAYMENT_METHOD_KEY = "payment_method"  # charge metadata: the rider's saved PaymentMethod
 LIST_PAGE = 100
+METADATA_MAX_KEY_LENGTH = 40  # Stripe's limit; our API allows 64-character keys
 # Stripe's currencies without minor units, and those with three decimals.
 ZERO_DECIMAL_CURRENCIES = frozenset(
     [
@@ -144,7 +145,13 @@ class StripeGateway:
 
     def charge_params(self, attempt: ChargeAttempt) -> dict[str, Any]:
         """The PaymentIntent request; identical on every retry, so Stripe can replay it."""
-        metadata = {key: str(value) for key, value in attempt.metadata.items()}
+        # Keys Stripe cannot hold (over 40 characters, or with brackets) stay in our database
+        # only: dropping them keeps the request valid and the same on every retry.
+        metadata = {
+            key: str(value)
+            for key, value in attempt.metadata.items()
+            if len(key) <= METADATA_MAX_KEY_LENGTH and not any(c in key for c in "[]")
+        }
         payment_method = metadata.pop(PAYMENT_METHOD_KEY, None) or self._payment_method
         metadata.update(
             payment_id=str(attempt.payment_id),
