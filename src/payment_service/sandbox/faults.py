@@ -30,7 +30,7 @@ HTTP control. Bodies are JSON (read as JSON whatever the Content-Type, so a bare
 start-up default (`--delay`, `--fail-status`, `--flaky-count`), not to the
 previous setting. Unknown fields and modes are a 422.
 
-On each peer (Trip :8081, Notification :8084):
+On each peer (Trip :8081, Notification :8084, processor :8087):
 
     GET  /_sandbox/faults    current fault of this peer
     PUT  /_sandbox/faults    {"mode": "normal"}
@@ -40,25 +40,30 @@ On each peer (Trip :8081, Notification :8084):
                              ("down"/"up" answer 409: a closed port cannot
                              receive the request that opens it again)
 
-On the control server (:8085), for `{peer}` = `trip` or `notification`:
+On the control server (:8085), for `{peer}` = `trip`, `notification` or `processor`:
 
     GET  /                   every peer: url, listening, fault
     GET  /{peer}/faults      one peer
     PUT  /{peer}/faults      {"mode": "down"}  stop listening (connection refused)
                              {"mode": "up"}    listen again, in normal mode
                              any other mode as above; it also brings a down peer up
+    PUT  /processor/faults   also {"mode": "decline"}, {"mode": "pending", "delay_seconds": 2},
+                             {"mode": "timeout_after_capture"} (422 for the other peers)
     POST /reset              every peer up and normal, runtime trips dropped,
-                             trip counters and notifications cleared
+                             trip counters, notifications and the processor ledger cleared
 
 What the peers received (never faulted): on the Trip peer `GET /_sandbox/stats`
 (`?trip_id=N` adds one trip's count) and `DELETE /_sandbox/stats`; on the
-Notification peer `GET /v1/notifications` and `DELETE /v1/notifications`.
+Notification peer `GET /v1/notifications` and `DELETE /v1/notifications`; for the
+processor `GET /processor/ledger` and `GET /processor/webhooks` on the control server.
 
 For example:
 
     curl -X PUT localhost:8085/trip/faults -d '{"mode": "down"}'
     curl -X PUT localhost:8085/trip/faults -d '{"mode": "up"}'
     curl -X PUT localhost:8084/_sandbox/faults -d '{"mode": "flaky", "count": 3}'
+    curl -X PUT localhost:8085/processor/faults -d '{"mode": "timeout_after_capture"}'
+    curl localhost:8085/processor/ledger
     curl localhost:8085/
 """
 
