@@ -283,6 +283,16 @@ async def test_same_key_with_other_parameters_is_400_idempotency_error(
     assert (await ledger(client, sandbox))["count"] == 1
 
 
+async def test_an_overlong_idempotency_key_is_400(
+    sandbox: Sandbox, client: httpx.AsyncClient
+) -> None:
+    """Stripe takes keys of up to 255 characters."""
+    response = await create(client, sandbox, pi_form(), "k" * 256)
+
+    assert response.status_code == 400
+    assert (await ledger(client, sandbox))["count"] == 0
+
+
 async def test_keys_belong_to_one_api_key(sandbox: Sandbox, client: httpx.AsyncClient) -> None:
     """Another account's request with the same key is a request of its own."""
     form, idempotency_key = pi_form(), key()

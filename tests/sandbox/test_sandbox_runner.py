@@ -207,3 +207,44 @@ async def test_command_reports_a_busy_port_in_one_line(trips_file: Path) -> None
     assert process.returncode == 1
     assert lines == [lines[0]]
     assert lines[0].startswith("error: sandbox trip service cannot listen on 127.0.0.1:")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"trip_mode": "decline"},
+        {"notification_mode": "timeout_after_capture"},
+        {"processor_webhook_url": "ftp://example.test/hooks"},
+        {"processor_port": 70000},
+    ],
+)
+def test_config_refuses_what_cannot_work(overrides: dict[str, object]) -> None:
+    """Processor-only modes on other peers, a non-HTTP webhook URL, an impossible port."""
+    with pytest.raises(SandboxError):
+        SandboxConfig(trips_file=None, **overrides)  # type: ignore[arg-type]
+
+
+def test_webhook_options_fall_back_to_the_environment() -> None:
+    """--processor-webhook-url/-secret read SANDBOX_PROCESSOR_WEBHOOK_* when not given."""
+    app = typer.Typer()
+    seen: dict[str, object] = {}
+
+    def fake_run(config: SandboxConfig) -> None:
+        seen["config"] = config
+
+    app.command("sandbox")(sandbox_command)
+    app.command("other")(lambda: None)
+    env = {
+        "SANDBOX_PROCESSOR_WEBHOOK_URL": "http://127.0.0.1:9/hooks",
+        "SANDBOX_PROCESSOR_WEBHOOK_SECRET": "whsec_from_env",
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("payment_service.sandbox.cli.run_sandbox", fake_run)
+        patch.setattr("payment_service.sandbox.cli.asyncio.run", lambda value: value)
+        result = CliRunner().invoke(app, ["sandbox", "--trips-file", __file__], env=env)
+
+    assert result.exit_code == 0, result.output
+    config = seen["config"]
+    assert isinstance(config, SandboxConfig)
+    assert config.processor_webhook_url == "http://127.0.0.1:9/hooks"
+    assert config.processor_webhook_secret == "whsec_from_env"

@@ -81,6 +81,7 @@ logger = logging.getLogger("payment_service.sandbox.processor")
 API_VERSION = "2025-09-30.clover"
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 IDEMPOTENCY_CAPACITY = 200_000  # oldest finished keys are forgotten first beyond this
+IDEMPOTENCY_KEY_MAX_LENGTH = 255
 HOLD_MAX_SECONDS = 600.0  # timeout_after_capture: the longest a request is held open
 HOLD_POLL_SECONDS = 0.05
 WEBHOOK_ATTEMPTS = 4
@@ -393,6 +394,11 @@ class SandboxProcessor:
         except StripeAPIError as exc:
             return _error_response(exc, request_id)
         call = _Call(api_key, request.headers.get("idempotency-key"), params, path_id)
+        if call.idempotency_key and len(call.idempotency_key) > IDEMPOTENCY_KEY_MAX_LENGTH:
+            error = _invalid(
+                f"Idempotency-Key is too long (max {IDEMPOTENCY_KEY_MAX_LENGTH} characters)."
+            )
+            return _error_response(error, request_id)
         if request.method != "POST" or not call.idempotency_key:
             return await self._execute(endpoint, spec, call, request_id)
         endpoint_name = f"{request.method} {request.url.path}"
