@@ -338,6 +338,17 @@ async def test_refunds_succeed_and_an_over_refund_fails(
     assert entry["refunded"] == 1050
 
 
+async def test_refund_of_a_payment_stripe_never_saw_is_failed(gateway: StripeGateway) -> None:
+    """No PaymentIntent id (an imported payment) or an unknown one: FAILED, nothing moved."""
+    charge = attempt()
+
+    no_id = await gateway.refund(refund_attempt(charge, None, "1.00"))
+    unknown = await gateway.refund(refund_attempt(charge, "pi_unknown", "1.00"))
+
+    assert (no_id.status, no_id.failure_reason) == (RefundStatus.FAILED, "no_processor_reference")
+    assert (unknown.status, unknown.failure_reason) == (RefundStatus.FAILED, "resource_missing")
+
+
 async def test_refund_declined_by_the_processor_is_failed(
     gateway: StripeGateway, sandbox: Sandbox
 ) -> None:

@@ -14,7 +14,8 @@ Errors, translated so no `stripe` exception reaches the services:
 - 401/403 raise `GatewayAuthError`: an operator must fix STRIPE_API_KEY;
 - other 400s on a charge (our parameters are wrong) raise `GatewayUnavailableError`
   with Stripe's message; on a refund they are a FAILED refund (Stripe refused it and
-  moved nothing, e.g. more than what remains), so its amount is refundable again.
+  moved nothing, e.g. more than what remains), so its amount is refundable again; so is
+  a refund of a payment without a PaymentIntent id (imported from the old system).
 
 Amounts go to Stripe in minor units, computed exactly from `Decimal` (never float).
 The confirming PaymentMethod is STRIPE_PAYMENT_METHOD (a test card by default); a
@@ -251,10 +252,6 @@ class StripeGateway:
     @staticmethod
     def refund_params(attempt: RefundAttempt) -> dict[str, Any]:
         """The Refund request; identical on every retry, so Stripe can replay it."""
-        if attempt.payment_gateway_reference is None:
-            raise GatewayUnavailableError(
-                "the payment has no processor reference (PaymentIntent id) to refund"
-            )
         metadata = {"refund_id": str(attempt.refund_id), "payment_id": str(attempt.payment_id)}
         if attempt.reason:
             metadata["reason"] = attempt.reason[:500]  # Stripe's limit for a metadata value
@@ -266,6 +263,9 @@ class StripeGateway:
 
     async def refund(self, attempt: RefundAttempt) -> RefundResult:
         """Create the refund; Stripe refusing it (400) is a FAILED refund, not an outage."""
+        if attempt.payment_gateway_reference is None:
+            # E.g. a payment imported from the old system: Stripe holds nothing to refund.
+            return RefundResult(RefundStatus.FAILED, None, failure_reason="no_processor_reference")
         try:
             refund = await self._client.v1.refunds.create_async(
                 params=self.refund_params(attempt),  # type: ignore[arg-type]
