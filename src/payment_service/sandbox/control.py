@@ -22,7 +22,7 @@ from fastapi import Depends, FastAPI, Query
 from fastapi.responses import JSONResponse
 
 from payment_service.sandbox._json import json_body, json_body_openapi
-from payment_service.sandbox.errors import SandboxError
+from payment_service.sandbox.errors import SandboxError, UnsupportedFaultError
 from payment_service.sandbox.faults import FaultUpdate
 
 if TYPE_CHECKING:
@@ -80,13 +80,12 @@ def create_control_app(sandbox: "Sandbox") -> FastAPI:
                 status_code=update.status_code,
                 count=update.count,
             )
-        except SandboxError as exc:  # e.g. something else took the port while it was down
-            status = (
-                HTTPStatus.UNPROCESSABLE_ENTITY
-                if "processor only" in str(exc)
-                else HTTPStatus.CONFLICT
+        except UnsupportedFaultError as exc:  # e.g. "decline" for the Trip service
+            return JSONResponse(
+                status_code=HTTPStatus.UNPROCESSABLE_ENTITY, content={"detail": str(exc)}
             )
-            return JSONResponse(status_code=status, content={"detail": str(exc)})
+        except SandboxError as exc:  # e.g. something else took the port while it was down
+            return JSONResponse(status_code=HTTPStatus.CONFLICT, content={"detail": str(exc)})
 
     @app.post("/reset")
     async def reset() -> dict[str, Any]:

@@ -31,7 +31,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from payment_service.sandbox.control import Peer, create_control_app
-from payment_service.sandbox.errors import SandboxError
+from payment_service.sandbox.errors import SandboxError, UnsupportedFaultError
 from payment_service.sandbox.faults import (
     COMMON_MODES,
     DEFAULT_DELAY_SECONDS,
@@ -375,7 +375,7 @@ class Sandbox:
         switch, server = self.faults[peer], self.servers[peer]
         mode = FaultMode.NORMAL if mode == "up" else FaultMode(mode)
         if mode not in switch.modes:
-            raise SandboxError(f"mode {mode.value!r} is for the sandbox processor only")
+            raise UnsupportedFaultError(f"mode {mode.value!r} is for the sandbox processor only")
         if mode == FaultMode.DOWN:
             await server.stop(abrupt=True)
             switch.set(FaultMode.DOWN, delay_seconds=delay_seconds, status_code=status_code)
