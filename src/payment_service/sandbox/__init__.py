@@ -6,7 +6,7 @@ points are `build_sandbox(SandboxConfig(...))` and the `Sandbox` it returns.
 """
 
 from payment_service.sandbox.control import Peer, create_control_app
-from payment_service.sandbox.errors import SandboxError
+from payment_service.sandbox.errors import SandboxError, UnsupportedFaultError
 from payment_service.sandbox.faults import FaultMode, FaultSwitch, FaultUpdate
 from payment_service.sandbox.notifications import NotificationSink, create_notification_app
 from payment_service.sandbox.processor import SandboxProcessor, create_processor_app
@@ -41,6 +41,7 @@ __all__ = [
     "Trip",
     "TripFileError",
     "TripStore",
+    "UnsupportedFaultError",
     "build_sandbox",
     "create_control_app",
     "create_notification_app",
