@@ -284,7 +284,7 @@ def wait_http(url: str, process: Process, timeout: float = STARTUP_TIMEOUT_SECON
 
 @dataclass
 class Service:
-    """The running API (and its sandbox Trip/Notification peers)."""
+    """The running API (and its sandbox Trip/Notification/processor peers)."""
 
     base_url: str
     api: Process
@@ -339,7 +339,9 @@ def running_service(
     """
     logdir = workdir / "logs"
     logdir.mkdir(parents=True, exist_ok=True)
-    trip_port, notification_port, control_port, api_port = (free_port() for _ in range(4))
+    trip_port, notification_port, control_port, processor_port, api_port = (
+        free_port() for _ in range(5)
+    )
     processes: list[Process] = []
     try:
         sandbox = start_process(
@@ -353,6 +355,8 @@ def running_service(
                 str(notification_port),
                 "--control-port",
                 str(control_port),
+                "--processor-port",
+                str(processor_port),
             ],
             env={"LOG_LEVEL": "WARNING"},
             cwd=workdir,
@@ -364,6 +368,9 @@ def running_service(
         wait_http(f"{trip_url}/health", sandbox)
         env = {
             **service_env(database_url, trip_url, notification_url, api_port),
+            # GATEWAY=stripe talks to the sandbox processor (a made-up test key).
+            "STRIPE_API_BASE": f"http://127.0.0.1:{processor_port}",
+            "STRIPE_API_KEY": "sk_test_bench",
             **(overrides or {}),
         }
         api = start_process(

@@ -101,6 +101,7 @@ async def sandbox() -> AsyncIterator[Sandbox]:
         SandboxConfig(
             trip_port=0,
             notification_port=0,
+            processor_port=0,
             control_port=0,
             trips_file=TRIPS_FILE,
             log_level=None,

@@ -279,6 +279,9 @@ def dev(
         int, typer.Option(help="Sandbox Notification service port")
     ] = 8084,
     control_port: Annotated[int, typer.Option(help="Sandbox control port")] = 8085,
+    processor_port: Annotated[
+        int, typer.Option(help="Sandbox payment processor (Stripe API subset) port")
+    ] = 8087,
 ) -> None:
     """Everything local: embedded PostgreSQL, migrate, seed, sandbox peers, API on :8082."""
     settings = _settings()
@@ -306,6 +309,7 @@ def dev(
                     port=port,
                     trips_file=trips_file,
                     peer_ports=(trip_port, notification_port, control_port),
+                    processor_port=processor_port,
                 )
             )
         except (DevServerError, SandboxError) as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from payment_service.settings import Settings
 from payment_service.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
+
+# Made up: the sandbox processor accepts exactly this key in `dev`.
+DEV_STRIPE_API_KEY = "sk_test_sandbox_dev"
 
 
 class DevServerError(RuntimeError):
@@ -41,15 +45,22 @@ async def run_dev(
     port: int = 8082,
     trips_file: Path | None = None,
     peer_ports: tuple[int, int, int] = (8081, 8084, 8085),
+    processor_port: int = 8087,
 ) -> None:
     from payment_service.app import create_app
     from payment_service.sandbox.runner import SandboxConfig, build_sandbox, default_trips_file
 
+    host = "127.0.0.1" if settings.service_host == "0.0.0.0" else settings.service_host
+    webhook_secret = f"whsec_{secrets.token_hex(16)}"  # fresh per run, shared with the API
     sandbox = build_sandbox(
         SandboxConfig(
             trip_port=peer_ports[0],
             notification_port=peer_ports[1],
             control_port=peer_ports[2],
+            processor_port=processor_port,
+            processor_api_key=DEV_STRIPE_API_KEY,
+            processor_webhook_url=f"http://{host}:{port}/v1/gateway/webhooks/stripe",
+            processor_webhook_secret=webhook_secret,
             trips_file=trips_file or default_trips_file(),
             log_level=None,
         )
@@ -60,10 +71,13 @@ async def run_dev(
                 "database_url": SecretStr(url.render_as_string(hide_password=False)),
                 "trip_service_url": sandbox.trip_url,
                 "notification_service_url": sandbox.notification_url,
-                "gateway": "simulator",
+                "gateway": "stripe",
+                # The stripe adapter talks to the sandbox processor, whatever `.env` says.
+                "stripe_api_base": sandbox.processor_url,
+                "stripe_api_key": SecretStr(DEV_STRIPE_API_KEY),
+                "stripe_webhook_secret": SecretStr(webhook_secret),
             }
         )
-        host = "127.0.0.1" if settings.service_host == "0.0.0.0" else settings.service_host
         server = _HostedServer(
             uvicorn.Config(
                 create_app(app_settings),
@@ -81,6 +95,7 @@ async def run_dev(
                 "trip_service": sandbox.trip_url,
                 "notification_service": sandbox.notification_url,
                 "sandbox_control": sandbox.control_url,
+                "sandbox_processor": sandbox.processor_url,
             },
         )
         waiter = asyncio.create_task(stop.wait())

@@ -70,9 +70,6 @@ class Settings(BaseSettings):
     base_fare: Decimal = Field(Decimal("5.00"), ge=0)
     rate_per_km: Decimal = Field(Decimal("2.50"), ge=0)
 
-    # Payment processor: `stripe` (the default, real or the sandbox) or `simulator`
-    # (in-process, for unit tests and the benchmark).
-    gateway: Literal["stripe", "simulator"] = "stripe"
     gateway_decline_rate: float = Field(0.0, ge=0, le=1)
     gateway_pending_rate: float = Field(0.0, ge=0, le=1)
 
@@ -82,6 +79,19 @@ class Settings(BaseSettings):
     reconcile_after_seconds: float = Field(60.0, gt=0)
     reconcile_interval_seconds: float = Field(10.0, gt=0)
     reconcile_batch_size: int = Field(50, ge=1, le=1000)
+    # Payment processor (SPEC §3a). `stripe` talks to STRIPE_API_BASE (Stripe itself, or the
+    # sandbox processor in `dev`); `simulator` decides in-process, for unit tests and the bench.
+    gateway: Literal["stripe", "simulator"] = "stripe"
+    stripe_api_key: SecretStr | None = None
+    stripe_api_base: str = "https://api.stripe.com"
+    stripe_webhook_secret: SecretStr | None = None
+    stripe_timeout_seconds: float = Field(10.0, gt=0)
+    # The PaymentMethod confirmed with. A real integration passes the rider's saved method
+    # (charge metadata `payment_method` overrides this per charge); pm_card_visa is Stripe's
+    # test card.
+    stripe_payment_method: str = Field("pm_card_visa", min_length=1)
+    # 0: the service retries itself, with the payment's own idempotency key.
+    stripe_max_network_retries: int = Field(0, ge=0, le=10)
 
     # Idempotency.
     idempotency_ttl_hours: int = Field(24, ge=1)
@@ -103,7 +113,11 @@ class Settings(BaseSettings):
         return value.upper() if isinstance(value, str) else value
 
     @field_validator(
-        "trip_service_url", "notification_service_url", "rider_service_url", "driver_service_url"
+        "trip_service_url",
+        "notification_service_url",
+        "rider_service_url",
+        "driver_service_url",
+        "stripe_api_base",
     )
     @classmethod
     def _http_url(cls, value: str) -> str:

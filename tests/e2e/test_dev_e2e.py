@@ -84,6 +84,8 @@ async def start_dev(start_process: StartProcess, data_dir: Path, name: str) -> S
         str(free_port()),
         "--control-port",
         str(free_port()),
+        "--processor-port",
+        str(free_port()),
         env=env,
         name=name,
         port=port,

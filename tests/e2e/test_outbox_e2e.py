@@ -29,7 +29,12 @@ WAIT_SECONDS = 15.0
 @pytest.fixture
 async def notification_peer() -> AsyncIterator[Sandbox]:
     config = SandboxConfig(
-        trip_port=0, notification_port=0, control_port=0, trips_file=None, log_level=None
+        trip_port=0,
+        notification_port=0,
+        processor_port=0,
+        control_port=0,
+        trips_file=None,
+        log_level=None,
     )
     async with build_sandbox(config) as sandbox:
         yield sandbox

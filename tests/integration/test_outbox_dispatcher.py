@@ -46,6 +46,7 @@ async def outbox_peers() -> AsyncIterator[Sandbox]:
     config = SandboxConfig(
         trip_port=0,
         notification_port=0,
+        processor_port=0,
         control_port=0,
         trips_file=None,
         delay_seconds=0.05,

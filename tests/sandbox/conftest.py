@@ -32,6 +32,7 @@ async def running_sandbox(trips_file: Path) -> AsyncIterator[Sandbox]:
     config = SandboxConfig(
         trip_port=0,
         notification_port=0,
+        processor_port=0,
         control_port=0,
         trips_file=trips_file,
         delay_seconds=SLOW_SECONDS,

@@ -23,7 +23,7 @@ def _free_port() -> int:
 
 
 def _config(trips_file: Path | None, **overrides: object) -> SandboxConfig:
-    ports = {"trip_port": 0, "notification_port": 0, "control_port": 0}
+    ports = {"trip_port": 0, "notification_port": 0, "processor_port": 0, "control_port": 0}
     return SandboxConfig(trips_file=trips_file, log_level=None, **{**ports, **overrides})  # type: ignore[arg-type]
 
 
@@ -32,6 +32,7 @@ async def test_stop_frees_every_port(trips_file: Path) -> None:
     ports = {
         "trip_port": _free_port(),
         "notification_port": _free_port(),
+        "processor_port": _free_port(),
         "control_port": _free_port(),
     }
     first = build_sandbox(_config(trips_file, **ports))
@@ -114,7 +115,9 @@ def test_default_config_serves_the_project_trips_file() -> None:
 
     assert config.trips_file is not None
     assert config.trips_file.parts[-2:] == ("seeds", "rhfd_trips.csv")
-    assert (config.trip_port, config.notification_port, config.control_port) == (8081, 8084, 8085)
+    ports = (config.trip_port, config.notification_port, config.control_port)
+    assert ports == (8081, 8084, 8085)
+    assert config.processor_port == 8087
 
 
 def test_command_help_lists_the_options() -> None:
@@ -131,6 +134,10 @@ def test_command_help_lists_the_options() -> None:
         "--trip-port",
         "--notification-port",
         "--control-port",
+        "--processor-port",
+        "--processor-mode",
+        "--processor-webhook-url",
+        "--processor-webhook-secret",
         "--trips-file",
         "--trip-mode",
         "--notification-mode",
@@ -138,7 +145,7 @@ def test_command_help_lists_the_options() -> None:
         "--fail-status",
     ):
         assert option in result.output
-    assert "Run sandbox Trip and Notification services" in result.output
+    assert "Run sandbox Trip, Notification and payment processor services" in result.output
 
 
 async def test_command_serves_until_sigint(trips_file: Path) -> None:
@@ -151,6 +158,7 @@ async def test_command_serves_until_sigint(trips_file: Path) -> None:
         "--trip-port=0",
         "--notification-port=0",
         "--control-port=0",
+        "--processor-port=0",
         f"--trips-file={trips_file}",
         "--notification-mode=fail",
         stderr=asyncio.subprocess.PIPE,
@@ -161,10 +169,11 @@ async def test_command_serves_until_sigint(trips_file: Path) -> None:
         async with asyncio.timeout(15):
             while "sandbox:" not in line:  # skip anything logged before the ready line
                 line = (await process.stderr.readline()).decode()
-        urls = dict(re.findall(r"(Trip|Notification) service (http://[\d.:]+)", line))
+        urls = dict(re.findall(r"(Trip|Notification|Processor) service (http://[\d.:]+)", line))
         async with httpx.AsyncClient() as client:
             trip = await client.get(f"{urls['Trip']}/v1/trips/1")
             delivery = await client.post(f"{urls['Notification']}/v1/notifications", json={})
+            unauthenticated = await client.get(f"{urls['Processor']}/v1/payment_intents/pi_1")
     finally:
         process.send_signal(signal.SIGINT)
         code = await asyncio.wait_for(process.wait(), timeout=10)
@@ -172,6 +181,7 @@ async def test_command_serves_until_sigint(trips_file: Path) -> None:
     assert "control http://127.0.0.1:" in line
     assert trip.json()["total_fare"] == 99.01
     assert delivery.status_code == 500
+    assert unauthenticated.status_code == 401  # the processor wants a Bearer sk_test_ key
     assert code == 0
 
 
@@ -187,6 +197,7 @@ async def test_command_reports_a_busy_port_in_one_line(trips_file: Path) -> None
             f"--trip-port={taken.getsockname()[1]}",
             "--notification-port=0",
             "--control-port=0",
+            "--processor-port=0",
             f"--trips-file={trips_file}",
             stderr=asyncio.subprocess.PIPE,
         )
@@ -196,3 +207,44 @@ async def test_command_reports_a_busy_port_in_one_line(trips_file: Path) -> None
     assert process.returncode == 1
     assert lines == [lines[0]]
     assert lines[0].startswith("error: sandbox trip service cannot listen on 127.0.0.1:")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"trip_mode": "decline"},
+        {"notification_mode": "timeout_after_capture"},
+        {"processor_webhook_url": "ftp://example.test/hooks"},
+        {"processor_port": 70000},
+    ],
+)
+def test_config_refuses_what_cannot_work(overrides: dict[str, object]) -> None:
+    """Processor-only modes on other peers, a non-HTTP webhook URL, an impossible port."""
+    with pytest.raises(SandboxError):
+        SandboxConfig(trips_file=None, **overrides)  # type: ignore[arg-type]
+
+
+def test_webhook_options_fall_back_to_the_environment() -> None:
+    """--processor-webhook-url/-secret read SANDBOX_PROCESSOR_WEBHOOK_* when not given."""
+    app = typer.Typer()
+    seen: dict[str, object] = {}
+
+    def fake_run(config: SandboxConfig) -> None:
+        seen["config"] = config
+
+    app.command("sandbox")(sandbox_command)
+    app.command("other")(lambda: None)
+    env = {
+        "SANDBOX_PROCESSOR_WEBHOOK_URL": "http://127.0.0.1:9/hooks",
+        "SANDBOX_PROCESSOR_WEBHOOK_SECRET": "whsec_from_env",
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("payment_service.sandbox.cli.run_sandbox", fake_run)
+        patch.setattr("payment_service.sandbox.cli.asyncio.run", lambda value: value)
+        result = CliRunner().invoke(app, ["sandbox", "--trips-file", __file__], env=env)
+
+    assert result.exit_code == 0, result.output
+    config = seen["config"]
+    assert isinstance(config, SandboxConfig)
+    assert config.processor_webhook_url == "http://127.0.0.1:9/hooks"
+    assert config.processor_webhook_secret == "whsec_from_env"

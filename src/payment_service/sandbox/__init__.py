@@ -1,4 +1,4 @@
-"""Sandbox stand-ins for the Trip and Notification services, with fault injection.
+"""Sandbox stand-ins for the Trip, Notification and payment processor services, with faults.
 
 Used by `payment-service dev`, `payment-service sandbox`, the end-to-end tests and
 the benchmark. The HTTP control endpoints are listed in `faults`; the Python entry
@@ -6,9 +6,10 @@ points are `build_sandbox(SandboxConfig(...))` and the `Sandbox` it returns.
 """
 
 from payment_service.sandbox.control import Peer, create_control_app
-from payment_service.sandbox.errors import SandboxError
+from payment_service.sandbox.errors import SandboxError, UnsupportedFaultError
 from payment_service.sandbox.faults import FaultMode, FaultSwitch, FaultUpdate
 from payment_service.sandbox.notifications import NotificationSink, create_notification_app
+from payment_service.sandbox.processor import SandboxProcessor, create_processor_app
 from payment_service.sandbox.runner import (
     PeerServer,
     Sandbox,
@@ -36,12 +37,15 @@ __all__ = [
     "Sandbox",
     "SandboxConfig",
     "SandboxError",
+    "SandboxProcessor",
     "Trip",
     "TripFileError",
     "TripStore",
+    "UnsupportedFaultError",
     "build_sandbox",
     "create_control_app",
     "create_notification_app",
+    "create_processor_app",
     "create_trip_app",
     "default_trips_file",
     "load_trips_csv",

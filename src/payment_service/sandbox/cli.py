@@ -1,4 +1,4 @@
-"""`payment-service sandbox`: the Trip and Notification stand-ins on their own.
+"""`payment-service sandbox`: the Trip, Notification and payment processor stand-ins alone.
 
 The project's CLI registers it with `app.command("sandbox")(sandbox)`.
 """
@@ -30,6 +30,12 @@ def sandbox(
     notification_port: Annotated[
         int, typer.Option(min=0, max=65535, help="Notification service port (0: any free port).")
     ] = 8084,
+    processor_port: Annotated[
+        int,
+        typer.Option(
+            min=0, max=65535, help="Payment processor (Stripe API subset) port (0: any free port)."
+        ),
+    ] = 8087,
     control_port: Annotated[
         int, typer.Option(min=0, max=65535, help="Fault control API port (0: any free port).")
     ] = 8085,
@@ -48,8 +54,44 @@ def sandbox(
         FaultMode,
         typer.Option(case_sensitive=False, help="Fault of the Notification service at start."),
     ] = FaultMode.NORMAL,
+    processor_mode: Annotated[
+        FaultMode,
+        typer.Option(
+            case_sensitive=False,
+            help="Fault of the processor at start (also decline, pending, timeout_after_capture).",
+        ),
+    ] = FaultMode.NORMAL,
+    processor_api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SANDBOX_PROCESSOR_API_KEY",
+            help="The one API key the processor accepts (default: any sk_test_ key).",
+            show_default=False,
+        ),
+    ] = None,
+    processor_webhook_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SANDBOX_PROCESSOR_WEBHOOK_URL",
+            help="Where the processor POSTs its signed events, e.g. "
+            "http://localhost:8082/v1/gateway/webhooks/stripe.",
+            show_default=False,
+        ),
+    ] = None,
+    processor_webhook_secret: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SANDBOX_PROCESSOR_WEBHOOK_SECRET",
+            help="Signing secret (whsec_...) for Stripe-Signature; no webhooks without it.",
+            show_default=False,
+        ),
+    ] = None,
     delay: Annotated[
-        float, typer.Option(min=0, help="Seconds a slow peer waits before answering.")
+        float,
+        typer.Option(
+            min=0,
+            help="Seconds a slow peer waits before answering (and a pending charge settles).",
+        ),
     ] = DEFAULT_DELAY_SECONDS,
     fail_status: Annotated[
         int, typer.Option(min=400, max=599, help="Status a failing or flaky peer answers.")
@@ -62,13 +104,16 @@ def sandbox(
         typer.Option(dir_okay=False, help="Also keep received notifications in this JSONL file."),
     ] = None,
 ) -> None:
-    """Run sandbox Trip and Notification services, with fault injection, until Ctrl+C.
+    """Run sandbox Trip, Notification and payment processor services until Ctrl+C.
 
     The Trip service serves the trips CSV (and synthesises COMPLETED trips for any
-    id from 1000000 up); the Notification service records every delivery. Change
-    faults at runtime with the control API, e.g.
+    id from 1000000 up); the Notification service records every delivery; the
+    processor speaks the Stripe API subset the Stripe adapter uses (point
+    STRIPE_API_BASE at it) and keeps a ledger (GET localhost:8085/processor/ledger).
+    Change faults at runtime with the control API, e.g.
     curl -X PUT localhost:8085/trip/faults -d '{"mode": "down"}' (then "up");
-    modes: normal, slow, fail, flaky, down.
+    modes: normal, slow, fail, flaky, down; the processor also decline, pending,
+    timeout_after_capture.
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -78,6 +123,11 @@ def sandbox(
             trip_port=trip_port,
             notification_port=notification_port,
             control_port=control_port,
+            processor_port=processor_port,
+            processor_mode=processor_mode,
+            processor_api_key=processor_api_key,
+            processor_webhook_url=processor_webhook_url,
+            processor_webhook_secret=processor_webhook_secret,
             notifications_file=notifications_file,
             trip_mode=trip_mode,
             notification_mode=notification_mode,

@@ -12,6 +12,14 @@ from Python (`Sandbox.set_fault`) or over HTTP. Modes:
             server (and its open connections) and listens again on "up". A 503 is
             a failure, not "down"; only the control server can take a peer down.
 
+The processor peer (`payment_service.sandbox.processor`) also plays, and only it:
+
+    decline                every charge is declined (402 card_declined), every refund fails
+    pending                charges answer `processing` and refunds `pending`; they succeed
+                           `delay_seconds` later and a webhook says so
+    timeout_after_capture  the money moves and the idempotent answer is saved, then the
+                           request is held open until the client gives up
+
 Faults apply to the calls the Payment Service makes -- `GET /v1/trips/{id}` and
 `POST /v1/notifications` -- so tests can still set up trips (`PUT /v1/trips/{id}`)
 and inspect deliveries (`GET/DELETE /v1/notifications`) while a peer misbehaves.
@@ -22,7 +30,7 @@ HTTP control. Bodies are JSON (read as JSON whatever the Content-Type, so a bare
 start-up default (`--delay`, `--fail-status`, `--flaky-count`), not to the
 previous setting. Unknown fields and modes are a 422.
 
-On each peer (Trip :8081, Notification :8084):
+On each peer (Trip :8081, Notification :8084, processor :8087):
 
     GET  /_sandbox/faults    current fault of this peer
     PUT  /_sandbox/faults    {"mode": "normal"}
@@ -32,25 +40,30 @@ On each peer (Trip :8081, Notification :8084):
                              ("down"/"up" answer 409: a closed port cannot
                              receive the request that opens it again)
 
-On the control server (:8085), for `{peer}` = `trip` or `notification`:
+On the control server (:8085), for `{peer}` = `trip`, `notification` or `processor`:
 
     GET  /                   every peer: url, listening, fault
     GET  /{peer}/faults      one peer
     PUT  /{peer}/faults      {"mode": "down"}  stop listening (connection refused)
                              {"mode": "up"}    listen again, in normal mode
                              any other mode as above; it also brings a down peer up
+    PUT  /processor/faults   also {"mode": "decline"}, {"mode": "pending", "delay_seconds": 2},
+                             {"mode": "timeout_after_capture"} (422 for the other peers)
     POST /reset              every peer up and normal, runtime trips dropped,
-                             trip counters and notifications cleared
+                             trip counters, notifications and the processor ledger cleared
 
 What the peers received (never faulted): on the Trip peer `GET /_sandbox/stats`
 (`?trip_id=N` adds one trip's count) and `DELETE /_sandbox/stats`; on the
-Notification peer `GET /v1/notifications` and `DELETE /v1/notifications`.
+Notification peer `GET /v1/notifications` and `DELETE /v1/notifications`; for the
+processor `GET /processor/ledger` and `GET /processor/webhooks` on the control server.
 
 For example:
 
     curl -X PUT localhost:8085/trip/faults -d '{"mode": "down"}'
     curl -X PUT localhost:8085/trip/faults -d '{"mode": "up"}'
     curl -X PUT localhost:8084/_sandbox/faults -d '{"mode": "flaky", "count": 3}'
+    curl -X PUT localhost:8085/processor/faults -d '{"mode": "timeout_after_capture"}'
+    curl localhost:8085/processor/ledger
     curl localhost:8085/
 """
 
@@ -80,6 +93,14 @@ class FaultMode(StrEnum):
     FAIL = "fail"
     FLAKY = "flaky"
     DOWN = "down"
+    DECLINE = "decline"
+    PENDING = "pending"
+    TIMEOUT_AFTER_CAPTURE = "timeout_after_capture"
+
+
+# Modes only a payment processor can play; the Trip and Notification peers refuse them.
+PROCESSOR_MODES = frozenset({FaultMode.DECLINE, FaultMode.PENDING, FaultMode.TIMEOUT_AFTER_CAPTURE})
+COMMON_MODES = frozenset(FaultMode) - PROCESSOR_MODES
 
 
 def _check_status(status_code: int) -> int:
@@ -99,7 +120,9 @@ class FaultSwitch:
         delay_seconds: float = DEFAULT_DELAY_SECONDS,
         status_code: int = DEFAULT_FAIL_STATUS,
         count: int = DEFAULT_FLAKY_COUNT,
+        modes: frozenset[FaultMode] = COMMON_MODES,
     ) -> None:
+        self.modes = modes
         if delay_seconds < 0:
             raise ValueError(f"delay must be >= 0 seconds, got {delay_seconds}")
         if count < 1:
@@ -113,6 +136,7 @@ class FaultSwitch:
         self.remaining_failures = 0
         self.injected_failures = 0
         self._sleepers: set[asyncio.Future[None]] = set()
+        self.interruptions = 0  # how often `interrupt` ran: lets a long wait notice it
         self.set(mode)
 
     def set(
@@ -125,6 +149,8 @@ class FaultSwitch:
     ) -> dict[str, Any]:
         """Switch to `mode`; omitted parameters take the start-up defaults, not the old values."""
         mode = FaultMode(mode)
+        if mode not in self.modes:
+            raise ValueError(f"mode {mode.value!r} is for the sandbox processor only")
         delay = self.default_delay_seconds if delay_seconds is None else delay_seconds
         if delay < 0:
             raise ValueError(f"delay must be >= 0 seconds, got {delay}")
@@ -180,9 +206,14 @@ class FaultSwitch:
 
     def interrupt(self) -> None:
         """Cut short every slow sleep in progress, so a peer taken down or stopped never waits."""
+        self.interruptions += 1
         for waiter in self._sleepers:
             if not waiter.done():
                 waiter.set_result(None)
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait as a slow peer does: cut short by `interrupt` (the peer going down or stopping)."""
+        await self._sleep(seconds)
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep that `interrupt` can end early (a future per sleep: no loop bound at creation)."""
@@ -200,8 +231,20 @@ class FaultUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    mode: Literal["normal", "slow", "fail", "flaky", "down", "up"]
-    delay_seconds: float | None = Field(None, ge=0, le=3600, description="for slow")
+    mode: Literal[
+        "normal",
+        "slow",
+        "fail",
+        "flaky",
+        "down",
+        "up",
+        "decline",
+        "pending",
+        "timeout_after_capture",
+    ]
+    delay_seconds: float | None = Field(
+        None, ge=0, le=3600, description="for slow, and the processor's pending"
+    )
     status_code: int | None = Field(None, ge=400, le=599, description="for fail and flaky")
     count: int | None = Field(None, ge=1, le=1_000_000, description="for flaky")
 
@@ -246,11 +289,16 @@ def create_fault_router(faults: FaultSwitch, service: str) -> APIRouter:
                     f"(default port 8085): PUT /{service}/faults"
                 },
             )
-        return faults.set(
-            update.mode,
-            delay_seconds=update.delay_seconds,
-            status_code=update.status_code,
-            count=update.count,
-        )
+        try:
+            return faults.set(
+                update.mode,
+                delay_seconds=update.delay_seconds,
+                status_code=update.status_code,
+                count=update.count,
+            )
+        except ValueError as exc:  # a processor-only mode on another peer
+            return JSONResponse(
+                status_code=HTTPStatus.UNPROCESSABLE_ENTITY, content={"detail": str(exc)}
+            )
 
     return router

@@ -1,11 +1,15 @@
-"""Run the sandbox peers as uvicorn servers inside the current event loop.
+"""Run the sandbox peers (Trip, Notification, processor) as uvicorn servers in the current loop.
 
 `payment-service sandbox` runs them alone (`run_sandbox`); `payment-service dev`
 and the end-to-end tests start them beside the API in one process:
 
-    sandbox = build_sandbox(SandboxConfig(trip_port=0, notification_port=0, control_port=0))
+    sandbox = build_sandbox(
+        SandboxConfig(trip_port=0, notification_port=0, processor_port=0, control_port=0)
+    )
     async with sandbox:                      # or: await sandbox.start() ... await sandbox.stop()
         settings.trip_service_url = sandbox.trip_url
+        settings.stripe_api_base = sandbox.processor_url
+        await sandbox.set_fault("processor", "decline")
         await sandbox.set_fault("trip", "down")   # port closed: connection refused
         await sandbox.set_fault("trip", "up")     # listening again on the same port
 
@@ -27,15 +31,18 @@ import uvicorn
 from fastapi import FastAPI
 
 from payment_service.sandbox.control import Peer, create_control_app
-from payment_service.sandbox.errors import SandboxError
+from payment_service.sandbox.errors import SandboxError, UnsupportedFaultError
 from payment_service.sandbox.faults import (
+    COMMON_MODES,
     DEFAULT_DELAY_SECONDS,
     DEFAULT_FAIL_STATUS,
     DEFAULT_FLAKY_COUNT,
+    PROCESSOR_MODES,
     FaultMode,
     FaultSwitch,
 )
 from payment_service.sandbox.notifications import NotificationSink, create_notification_app
+from payment_service.sandbox.processor import SandboxProcessor, create_processor_app
 from payment_service.sandbox.trips import TripFileError, TripStore, create_trip_app
 from payment_service.signals import stop_on_signals
 
@@ -59,16 +66,26 @@ class SandboxConfig:
     `trips_file=None` serves no file (only synthesised and PUT trips). `log_level`
     is handed to uvicorn, which applies it to the process-wide `uvicorn.*` loggers;
     pass None to leave logging exactly as the host process configured it.
+
+    The processor accepts any `sk_test_` key unless `processor_api_key` names the one
+    key it takes; it signs webhooks to `processor_webhook_url` only when
+    `processor_webhook_secret` is set too. Its pending charges and refunds settle
+    after `delay_seconds` (the fault's own delay when set over the control API).
     """
 
     host: str = "127.0.0.1"
     trip_port: int = 8081
     notification_port: int = 8084
     control_port: int = 8085
+    processor_port: int = 8087
     trips_file: Path | None = field(default_factory=default_trips_file)
     notifications_file: Path | None = None
     trip_mode: FaultMode = FaultMode.NORMAL
     notification_mode: FaultMode = FaultMode.NORMAL
+    processor_mode: FaultMode = FaultMode.NORMAL
+    processor_api_key: str | None = None
+    processor_webhook_url: str | None = None
+    processor_webhook_secret: str | None = None
     delay_seconds: float = DEFAULT_DELAY_SECONDS
     fail_status: int = DEFAULT_FAIL_STATUS
     flaky_count: int = DEFAULT_FLAKY_COUNT
@@ -78,11 +95,23 @@ class SandboxConfig:
         """Coerce CLI-ish values and reject impossible ones before anything binds."""
         self.trip_mode = FaultMode(self.trip_mode)
         self.notification_mode = FaultMode(self.notification_mode)
+        self.processor_mode = FaultMode(self.processor_mode)
+        for name in ("trip_mode", "notification_mode"):
+            if getattr(self, name) in PROCESSOR_MODES:
+                raise SandboxError(
+                    f"{name} {getattr(self, name).value!r} is for the sandbox processor only"
+                )
+        if self.processor_webhook_url is not None and not self.processor_webhook_url.startswith(
+            ("http://", "https://")
+        ):
+            raise SandboxError(
+                f"processor webhook URL must be http(s), got {self.processor_webhook_url!r}"
+            )
         if self.trips_file is not None:
             self.trips_file = Path(self.trips_file)
         if self.notifications_file is not None:
             self.notifications_file = Path(self.notifications_file)
-        for name in ("trip_port", "notification_port", "control_port"):
+        for name in ("trip_port", "notification_port", "processor_port", "control_port"):
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 raise SandboxError(f"{name} must be 0..65535, got {port}")
@@ -223,7 +252,7 @@ class PeerServer:
 
 
 class Sandbox:
-    """The Trip and Notification stand-ins and their control server, in the current event loop."""
+    """The Trip, Notification and processor stand-ins and their control server, in one loop."""
 
     def __init__(
         self,
@@ -233,15 +262,18 @@ class Sandbox:
         notifications: NotificationSink,
         trip_faults: FaultSwitch,
         notification_faults: FaultSwitch,
+        processor: SandboxProcessor,
     ) -> None:
         self.config = config
         self.trips = trips
         self.notifications = notifications
         self.trip_faults = trip_faults
         self.notification_faults = notification_faults
+        self.processor = processor
         self.faults: dict[Peer, FaultSwitch] = {
             Peer.TRIP: trip_faults,
             Peer.NOTIFICATION: notification_faults,
+            Peer.PROCESSOR: processor.faults,
         }
         self.servers: dict[Peer, PeerServer] = {
             Peer.TRIP: PeerServer(
@@ -258,6 +290,14 @@ class Sandbox:
                 config.host,
                 config.notification_port,
                 faults=notification_faults,
+                log_level=config.log_level,
+            ),
+            Peer.PROCESSOR: PeerServer(
+                "processor",
+                create_processor_app(processor),
+                config.host,
+                config.processor_port,
+                faults=processor.faults,
                 log_level=config.log_level,
             ),
         }
@@ -280,6 +320,11 @@ class Sandbox:
         return self.servers[Peer.NOTIFICATION].url
 
     @property
+    def processor_url(self) -> str:
+        """Value for STRIPE_API_BASE."""
+        return self.servers[Peer.PROCESSOR].url
+
+    @property
     def control_url(self) -> str:
         """Base URL of the control API."""
         return self.control.url
@@ -300,6 +345,7 @@ class Sandbox:
         """Stop every server; when this returns, all ports are free."""
         servers = (*self.servers.values(), self.control)
         await asyncio.gather(*(server.stop() for server in servers))
+        await self.processor.aclose()
 
     async def __aenter__(self) -> "Sandbox":
         """Start on entry."""
@@ -327,16 +373,14 @@ class Sandbox:
         """Give a peer a fault; `down` closes its port, `up` (or any other mode) opens it again."""
         peer = Peer(peer)
         switch, server = self.faults[peer], self.servers[peer]
+        mode = FaultMode.NORMAL if mode == "up" else FaultMode(mode)
+        if mode not in switch.modes:
+            raise UnsupportedFaultError(f"mode {mode.value!r} is for the sandbox processor only")
         if mode == FaultMode.DOWN:
             await server.stop(abrupt=True)
             switch.set(FaultMode.DOWN, delay_seconds=delay_seconds, status_code=status_code)
         else:
-            switch.set(
-                FaultMode.NORMAL if mode == "up" else mode,
-                delay_seconds=delay_seconds,
-                status_code=status_code,
-                count=count,
-            )
+            switch.set(mode, delay_seconds=delay_seconds, status_code=status_code, count=count)
             await server.start()
         return self.peer_status(peer)
 
@@ -349,12 +393,13 @@ class Sandbox:
         await self.set_fault(peer, "up")
 
     async def reset(self) -> None:
-        """Every peer up and normal, runtime trips dropped, counters and notifications cleared."""
+        """Every peer up and normal; runtime trips, counters, notifications, ledger cleared."""
         for peer, switch in self.faults.items():
             switch.reset()
             await self.servers[peer].start()
         self.trips.reset()
         self.notifications.clear()
+        self.processor.reset()
 
     def peer_status(self, peer: Peer | str) -> dict[str, Any]:
         """One peer's URL, whether it listens, and its fault."""
@@ -375,7 +420,12 @@ class Sandbox:
     def describe(self) -> str:
         """One line saying where each peer listens, for the log."""
         parts = []
-        for peer, label in ((Peer.TRIP, "Trip"), (Peer.NOTIFICATION, "Notification")):
+        labels = (
+            (Peer.TRIP, "Trip"),
+            (Peer.NOTIFICATION, "Notification"),
+            (Peer.PROCESSOR, "Processor"),
+        )
+        for peer, label in labels:
             server = self.servers[peer]
             where = server.url if server.listening else f"DOWN (port {server.port})"
             mode = self.faults[peer].mode
@@ -384,7 +434,7 @@ class Sandbox:
         source = self.trips.source or "no file"
         return (
             f"sandbox: {parts[0]} ({len(self.trips)} trips from {source}), {parts[1]}, "
-            f"control {self.control_url}"
+            f"{parts[2]}, control {self.control_url}"
         )
 
 
@@ -402,14 +452,22 @@ def build_sandbox(config: SandboxConfig) -> Sandbox:
     except (TripFileError, OSError, ValueError) as exc:
         raise SandboxError(str(exc)) from exc
 
-    def switch(mode: FaultMode) -> FaultSwitch:
+    def switch(mode: FaultMode, modes: frozenset[FaultMode] = COMMON_MODES) -> FaultSwitch:
         """A fault switch with the configured defaults."""
         return FaultSwitch(
             mode,
             delay_seconds=config.delay_seconds,
             status_code=config.fail_status,
             count=config.flaky_count,
+            modes=modes,
         )
+
+    processor = SandboxProcessor(
+        switch(config.processor_mode, frozenset(FaultMode)),
+        api_key=config.processor_api_key,
+        webhook_url=config.processor_webhook_url,
+        webhook_secret=config.processor_webhook_secret,
+    )
 
     return Sandbox(
         config,
@@ -417,6 +475,7 @@ def build_sandbox(config: SandboxConfig) -> Sandbox:
         notifications=notifications,
         trip_faults=switch(config.trip_mode),
         notification_faults=switch(config.notification_mode),
+        processor=processor,
     )
 
 
