@@ -189,6 +189,12 @@ def serve(
     import uvicorn
 
     settings = _settings()
+    if settings.gateway == "stripe" and settings.stripe_api_key is None:
+        raise fail(
+            "GATEWAY=stripe needs STRIPE_API_KEY (a Stripe secret key, or the sandbox "
+            "processor's with STRIPE_API_BASE); or set GATEWAY=simulator",
+            EXIT_CONFIG,
+        )
     with _database(settings) as url:
         if settings.uses_embedded_database:
             _run(_migrate(url))

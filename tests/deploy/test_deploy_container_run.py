@@ -156,6 +156,7 @@ def compose_env(compose: dict[str, Any], service: str, database: URL, port: int)
         "DB_NAME": database.database or "",
         "DB_USER": database.username or "postgres",
         "DB_PASS": database.password or "unused-with-trust-auth",
+        "STRIPE_API_KEY": "sk_test_made_up_for_the_compose_test",
     }
     declared = service_environment(compose["services"][service])
     env = {key: interpolate(value, dotenv) for key, value in declared.items()}

@@ -224,15 +224,19 @@ def test_service_hpa_and_pdb_select_the_api_pods(rendered: Rendered) -> None:
 
 
 def test_network_policy_allows_only_what_the_service_uses(rendered: Rendered) -> None:
-    """Ingress TCP 8082; egress DNS 53, PostgreSQL 5432, Trip 8081, Notification 8084."""
+    """Ingress TCP 8082; egress DNS 53, PostgreSQL 5432, Trip 8081, Notification 8084, and
+    HTTPS to the payment processor outside the cluster (public addresses only)."""
     policy = one(rendered["base"], "NetworkPolicy", "payment-service")["spec"]
     assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
     ingress_ports = [(p["protocol"], p["port"]) for r in policy["ingress"] for p in r["ports"]]
     assert ingress_ports == [("TCP", 8082)]
     egress_ports = sorted((p["protocol"], p["port"]) for r in policy["egress"] for p in r["ports"])
     assert egress_ports == sorted(
-        [("UDP", 53), ("TCP", 53), ("TCP", 5432), ("TCP", 8081), ("TCP", 8084)]
+        [("UDP", 53), ("TCP", 53), ("TCP", 5432), ("TCP", 8081), ("TCP", 8084), ("TCP", 443)]
     )
+    processor = policy["egress"][4]["to"][0]["ipBlock"]
+    assert processor["cidr"] == "0.0.0.0/0"
+    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"} <= set(processor["except"])
     assert all(rule.get("to") for rule in policy["egress"]), "an egress rule allows anywhere"
     pods = one(rendered["base"], "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert policy["podSelector"]["matchLabels"].items() <= pods.items()
