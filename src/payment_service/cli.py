@@ -179,6 +179,16 @@ def seed(
     typer.echo(message)
 
 
+def _require_gateway(settings: Settings) -> None:
+    """Refuse to start a processor-facing command that could not reach the processor."""
+    if settings.gateway == "stripe" and settings.stripe_api_key is None:
+        raise fail(
+            "GATEWAY=stripe needs STRIPE_API_KEY (a Stripe secret key, or the sandbox "
+            "processor's with STRIPE_API_BASE); or set GATEWAY=simulator",
+            EXIT_CONFIG,
+        )
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (SERVICE_HOST)")] = None,
@@ -189,12 +199,7 @@ def serve(
     import uvicorn
 
     settings = _settings()
-    if settings.gateway == "stripe" and settings.stripe_api_key is None:
-        raise fail(
-            "GATEWAY=stripe needs STRIPE_API_KEY (a Stripe secret key, or the sandbox "
-            "processor's with STRIPE_API_BASE); or set GATEWAY=simulator",
-            EXIT_CONFIG,
-        )
+    _require_gateway(settings)
     with _database(settings) as url:
         if settings.uses_embedded_database:
             _run(_migrate(url))
@@ -223,6 +228,8 @@ def worker() -> None:
     from payment_service.worker.dispatcher import run_worker
 
     settings = _settings()
+    if settings.reconcile_enabled:
+        _require_gateway(settings)
     with _database(settings) as url:
         _run(check_database(url, wait=10.0))
         asyncio.run(run_worker(settings, url))
@@ -232,6 +239,7 @@ def worker() -> None:
 def reconcile() -> None:
     """Compare our payments with the processor's ledger; exit 1 on any difference."""
     settings = _settings()
+    _require_gateway(settings)
     with _database(settings) as url:
         report = _run(_reconcile(settings, url))
     if report.without_ledger:

@@ -65,6 +65,7 @@ async def test_worker_command_delivers_and_stops_on_sigterm(
             NOTIFICATION_SERVICE_URL=notification_peer.notification_url,
             OUTBOX_POLL_INTERVAL_SECONDS="0.05",
             LOG_LEVEL="INFO",
+            GATEWAY="simulator",
         )
         process = await asyncio.create_subprocess_exec(
             str(CLI),
