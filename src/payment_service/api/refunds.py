@@ -12,6 +12,7 @@ from payment_service.api.routing import MoneyRoute
 from payment_service.dependencies import SessionDep, SettingsDep
 from payment_service.errors import problem_responses
 from payment_service.jsonutil import MoneyJSONResponse
+from payment_service.schemas.common import IdempotencyKeyHeader
 from payment_service.schemas.refund import RefundList, RefundRequest, RefundResponse
 from payment_service.services import refunds as refund_service
 from payment_service.services.idempotency import REPLAY_HEADER, resolve_key
@@ -34,7 +35,7 @@ async def refund(
     session: SessionDep,
     settings: SettingsDep,
     body: RefundRequest | None = None,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: Annotated[IdempotencyKeyHeader | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
     body = body or RefundRequest()
     key = resolve_key(body.idempotency_key, idempotency_key)
