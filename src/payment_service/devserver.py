@@ -43,6 +43,7 @@ async def run_dev(
     peer_ports: tuple[int, int, int] = (8081, 8084, 8085),
 ) -> None:
     from payment_service.app import create_app
+    from payment_service.cli import uvicorn_edge_options
     from payment_service.sandbox.runner import SandboxConfig, build_sandbox, default_trips_file
 
     sandbox = build_sandbox(
@@ -70,6 +71,7 @@ async def run_dev(
                 port=port,
                 log_config=None,
                 access_log=settings.access_log,
+                **uvicorn_edge_options(settings),  # type: ignore[arg-type]
             )
         )
         api = asyncio.create_task(server.serve())
