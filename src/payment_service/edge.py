@@ -18,8 +18,13 @@ Two layers, each bounding what the other cannot:
   HEAD on every GET route and adds `Cache-Control: no-store` and
   `X-Content-Type-Options: nosniff`.
 
-Rejections carry `Connection: close`: the rest of an oversized or stalled request is
-not worth reading.
+Closing a connection while the client is still sending makes the kernel reset it,
+and a reset can destroy the answer before the client reads it. So a 413 or an ASGI
+431 keeps the connection: uvicorn discards the rest of the body (never buffering it)
+and the protocol bounds that discarding to REQUEST_READ_TIMEOUT_SECONDS. The
+protocol's own 431/408 send the answer, half-close, and keep discarding what still
+arrives for `LINGER_SECONDS` before closing (nginx's "lingering close"). A 408 from
+the middleware closes at once: its client is not sending anyway.
 """
 
 from __future__ import annotations
@@ -37,6 +42,10 @@ STATIC_PREFIX = "/static/"
 _DISCONNECT: Message = {"type": "http.disconnect"}
 
 
+LINGER_SECONDS = 2.0
+"""How long the protocol keeps reading (and dropping) after refusing a request."""
+
+
 class Rejection(NamedTuple):
     """One of the edge's problems: status, `type` slug, title and a detail template."""
 
@@ -44,16 +53,17 @@ class Rejection(NamedTuple):
     type: str
     title: str
     detail: str
+    close: bool = False
 
     def response(self, limit: object, path: str | None) -> Response:
-        """The problem+json answer; `Connection: close` as the rest is not worth reading."""
+        """The problem+json answer (with `Connection: close` where the client stalled)."""
         return problem_response(
             self.status,
             self.title,
             self.detail.format(limit=limit),
             type_=self.type,
             instance=path or None,
-            headers={"Connection": "close"},
+            headers={"Connection": "close"} if self.close else None,
         )
 
 
@@ -71,6 +81,7 @@ READ_TIMEOUT = Rejection(
     "request-timeout",
     "Request Timeout",
     "The request did not arrive in full within {limit} seconds.",
+    close=True,
 )
 
 
@@ -233,6 +244,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._field_bytes = 0
         self._rejected = False
         self._header_timer: asyncio.TimerHandle | None = None
+        self._discard_timer: asyncio.TimerHandle | None = None
+        self._body_done = True
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -240,6 +253,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
+        self._cancel_discard_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -269,13 +283,44 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._reading_headers = False
+        self._body_done = False
         self._cancel_header_timer()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._reading_headers = True
+        self._body_done = True
         self._wire_bytes = self._field_bytes = 0
+        if self._discard_timer is not None:  # the refused body is over: idle as usual
+            self._cancel_discard_timer()
+            self._arm_keep_alive()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self._body_done and not self.transport.is_closing():
+            # Answered (a 413) before the body finished: uvicorn drops the rest as it
+            # arrives; give that as long as a body may take, then close.
+            self._discard_timer = self.loop.call_later(
+                self.header_timeout_seconds, self._discard_timeout
+            )
+
+    def _discard_timeout(self) -> None:
+        self._discard_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def _cancel_discard_timer(self) -> None:
+        if self._discard_timer is not None:
+            self._discard_timer.cancel()
+            self._discard_timer = None
+
+    def _arm_keep_alive(self) -> None:
+        # data_received cancelled uvicorn's keep-alive timer while the body was dropped.
+        if self.timeout_keep_alive_task is None and not self.transport.is_closing():
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
 
     def send_400_response(self, msg: str) -> None:
         if not self._rejected:  # else the parser stopped on our own limit, already answered
@@ -312,7 +357,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         """Answer with the problem document and close, straight on the transport."""
         self._rejected = True
         self._cancel_header_timer()
-        response = rejection.response(limit, None)
+        response = rejection._replace(close=True).response(limit, None)
         head = [f"HTTP/1.1 {rejection.status} {rejection.title}\r\n".encode()]
         head += [
             name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers
@@ -320,7 +365,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         head += [name + b": " + value + b"\r\n" for name, value in response.raw_headers]
         head += [b"cache-control: no-store\r\n", b"x-content-type-options: nosniff\r\n\r\n"]
         self.transport.write(b"".join(head) + bytes(response.body))
-        self.transport.close()
+        # Half-close and keep reading (data_received drops it) for a moment, so what the
+        # client is still sending does not turn into a reset that destroys this answer.
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.loop.call_later(LINGER_SECONDS, self.transport.close)
+        else:
+            self.transport.close()
         self.logger.warning(
             "request rejected at the edge",
             extra={"status": rejection.status, "reason": rejection.type},
