@@ -63,7 +63,8 @@ def configure_logging(level: str = "INFO") -> None:
 
 _REDACTIONS = (
     # SQLAlchemy's statement parameters (in case an engine without hide_parameters logs).
-    (re.compile(r"\[parameters: .*?\](?=\s|\\n|\(|$)"), "[parameters: redacted]"),
+    # Up to the last "]" of its line (a JSON-escaped "\n" or a real newline ends it).
+    (re.compile(r"\[parameters: (?:(?!\\n)[^\n])*\]"), "[parameters: redacted]"),
     # PostgreSQL's constraint details name the offending values: Key (a, b)=(x, y).
     (re.compile(r"(Key \([^)]*\))=\((?:[^()]|\([^)]*\))*\)"), r"\1=(redacted)"),
     # Credentials in headers or URLs.
