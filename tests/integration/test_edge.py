@@ -53,7 +53,9 @@ async def test_body_over_the_limit_by_content_length_is_413(
     problem = assert_problem(response, 413)
     assert problem["type"] == PROBLEM_BASE + "content-too-large"
     assert "8192" in problem["detail"]
-    assert response.headers["connection"] == "close"
+    # Kept open: the server drops the rest of the body, so a client still sending it
+    # reads this answer instead of a reset.
+    assert "connection" not in response.headers
 
 
 async def test_streamed_body_over_the_limit_is_413(edge_client: httpx.AsyncClient) -> None:
