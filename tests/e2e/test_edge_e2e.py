@@ -368,3 +368,7 @@ async def test_database_restart_under_load_is_503_never_500_and_heals(
     assert service.running and service.starts == 1
     logs = service.log_text()
     assert "Exception in ASGI application" not in logs
+    # The outage's errors were logged (with tracebacks) without keys or SQL parameters.
+    assert "database unavailable" in logs
+    assert "restart-" not in logs
+    assert "[parameters:" not in logs
