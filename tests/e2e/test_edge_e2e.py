@@ -297,7 +297,7 @@ async def own_postgres() -> AsyncIterator[ThrowawayPostgres]:
 
 
 async def test_database_restart_under_load_is_503_never_500_and_heals(
-    own_postgres: ThrowawayPostgres, peers: Sandbox, start_process: StartProcess
+    own_postgres: ThrowawayPostgres, peers: Sandbox, start_process: StartProcess, tmp_path: Path
 ) -> None:
     """Concurrent reads and charges while PostgreSQL stops for ~2 s and starts again:
     every answer is 2xx or a 503 problem with Retry-After (328 of 1,709 were 500s), and
@@ -306,7 +306,8 @@ async def test_database_restart_under_load_is_503_never_500_and_heals(
 
     url = own_postgres.url
     env = hermetic_env(DATABASE_URL=plain_url(url), LOG_LEVEL="WARNING")
-    cwd = Path(tempfile.mkdtemp(prefix="edge-cli-"))
+    cwd = tmp_path / "cli"
+    cwd.mkdir()
     assert (await run_cli("migrate", env=env, cwd=cwd)).returncode == 0
     assert (await run_cli("seed", "--file", str(SEED_FILE), env=env, cwd=cwd)).returncode == 0
     port = free_port()
