@@ -19,6 +19,7 @@ from payment_service import __version__
 from payment_service.api import charges, health, payments, receipts, refunds, webhooks
 from payment_service.api.docs import install_docs
 from payment_service.db import create_engine, create_session_factory
+from payment_service.edge import RequestLimitsMiddleware, ResponseHeadersMiddleware
 from payment_service.errors import install_error_handlers
 from payment_service.jsonutil import MoneyJSONResponse
 from payment_service.observability import RequestIdMiddleware, init_metric_series
@@ -112,5 +113,14 @@ def create_app(
 
     if settings.rate_limit_enabled:
         app.add_middleware(RateLimitMiddleware, per_minute=settings.rate_limit_per_minute)
+    # Outermost last. The limits run before rate limiting and routing (and inside the
+    # request id, so rejections carry it); HEAD and the response headers wrap everything.
+    app.add_middleware(
+        RequestLimitsMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        max_header_bytes=settings.max_header_bytes,
+        read_timeout_seconds=settings.request_read_timeout_seconds,
+    )
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(ResponseHeadersMiddleware)
     return app

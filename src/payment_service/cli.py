@@ -219,7 +219,28 @@ def serve(
             access_log=settings.access_log,
             proxy_headers=True,
             timeout_graceful_shutdown=10,
+            **uvicorn_edge_options(settings),
         )
+
+
+def uvicorn_edge_options(settings: Settings) -> dict[str, object]:
+    """uvicorn options of `serve` and `dev`: the bounded protocol, timeouts, no Server header.
+
+    The protocol (edge.py) bounds header memory and times out slow headers, which
+    uvicorn's own httptools protocol does not; `h11_max_incomplete_event_size` only
+    applies to `--http h11`, which we do not use (it is the slower parser).
+    """
+    from payment_service.edge import configure_protocol
+
+    return {
+        "http": configure_protocol(
+            max_header_bytes=settings.max_header_bytes,
+            header_timeout_seconds=settings.request_read_timeout_seconds,
+        ),
+        "timeout_keep_alive": settings.keep_alive_timeout_seconds,
+        "server_header": False,
+        "h11_max_incomplete_event_size": settings.max_header_bytes,
+    }
 
 
 @app.command()

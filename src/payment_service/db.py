@@ -29,14 +29,20 @@ def to_asyncpg_url(url: str | URL) -> URL:
 
 
 def create_engine(settings: Settings, url: URL) -> AsyncEngine:
-    """An asyncpg engine with a bounded pool and connect timeout, sized per worker."""
+    """An asyncpg engine with a bounded pool and connect timeout, sized per worker.
+
+    `pool_pre_ping` finds connections a database restart left dead before a request
+    uses them (and SQLAlchemy then recycles the whole pool); `hide_parameters` keeps
+    bound values (idempotency keys, ids, amounts) out of exception messages and logs.
+    """
     return create_async_engine(
         url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_seconds,
-        pool_pre_ping=False,
+        pool_pre_ping=settings.db_pool_pre_ping,
         pool_recycle=1800,
+        hide_parameters=True,
         json_serializer=lambda value: dumps(value).decode("utf-8"),
         json_deserializer=loads,
         connect_args={

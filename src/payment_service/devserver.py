@@ -48,6 +48,7 @@ async def run_dev(
     processor_port: int = 8087,
 ) -> None:
     from payment_service.app import create_app
+    from payment_service.cli import uvicorn_edge_options
     from payment_service.sandbox.runner import SandboxConfig, build_sandbox, default_trips_file
 
     host = "127.0.0.1" if settings.service_host == "0.0.0.0" else settings.service_host
@@ -85,6 +86,7 @@ async def run_dev(
                 port=port,
                 log_config=None,
                 access_log=settings.access_log,
+                **uvicorn_edge_options(settings),  # type: ignore[arg-type]
             )
         )
         api = asyncio.create_task(server.serve())

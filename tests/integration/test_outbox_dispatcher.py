@@ -83,12 +83,12 @@ def outbox_settings(database_url: str, peer: Sandbox) -> Callable[..., Settings]
 
 
 @pytest.fixture
-async def factories(database_url: str) -> AsyncIterator[Callable[[], SessionFactory]]:
+async def factories(database_url: str) -> AsyncIterator[Callable[..., SessionFactory]]:
     """Session factories on engines of their own (the app's JSON codec: exact Decimals)."""
     engines: list[AsyncEngine] = []
 
-    def new_factory() -> SessionFactory:
-        engine = create_engine(make_settings(database_url), make_url(database_url))
+    def new_factory(**overrides: object) -> SessionFactory:
+        engine = create_engine(make_settings(database_url, **overrides), make_url(database_url))
         engines.append(engine)
         return create_session_factory(engine)
 
@@ -328,7 +328,7 @@ async def test_two_dispatchers_never_deliver_one_message_twice(
     peer: Sandbox,
     outbox_settings: Callable[..., Settings],
     sessions: SessionFactory,
-    factories: Callable[[], SessionFactory],
+    factories: Callable[..., SessionFactory],
 ) -> None:
     """Two replicas on separate engines split 50 messages: each delivered once, never at once."""
     peer.notification_faults.set("slow", delay_seconds=0.05)  # widen the overlap window
@@ -428,13 +428,16 @@ async def test_loop_survives_the_database_dropping_its_connections(
     peer: Sandbox,
     outbox_settings: Callable[..., Settings],
     sessions: SessionFactory,
-    factories: Callable[[], SessionFactory],
+    factories: Callable[..., SessionFactory],
     engine: AsyncEngine,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Killed database connections are logged and backed off; delivery then carries on."""
+    """Killed database connections are logged and backed off; delivery then carries on.
+
+    Without the pool's pre-ping, so that the dead connections do reach the loop.
+    """
     [first] = await enqueue(sessions, 1)
-    dispatcher_sessions = factories()
+    dispatcher_sessions = factories(db_pool_pre_ping=False)
     async with OutboxDispatcher(outbox_settings(), dispatcher_sessions).running() as dispatcher:
         await wait_until(lambda: all_in_status(sessions, [first], "DELIVERED"), "first delivery")
         with caplog.at_level(logging.WARNING, logger="payment_service.worker.dispatcher"):

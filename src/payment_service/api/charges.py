@@ -15,6 +15,7 @@ from payment_service.dependencies import (
     TripClientDep,
 )
 from payment_service.errors import problem_responses
+from payment_service.schemas.common import IdempotencyKeyHeader
 from payment_service.schemas.payment import ChargeRequest, ChargeResponse
 from payment_service.services.charge import ChargeService
 from payment_service.services.idempotency import REPLAY_HEADER, resolve_key
@@ -43,7 +44,7 @@ async def charge(
     session_factory: SessionFactoryDep,
     trip_client: TripClientDep,
     gateway: GatewayDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: Annotated[IdempotencyKeyHeader | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
     key = resolve_key(body.idempotency_key, idempotency_key)
     service = ChargeService(

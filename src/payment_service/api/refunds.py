@@ -12,6 +12,7 @@ from payment_service.api.routing import MoneyRoute
 from payment_service.dependencies import GatewayDep, SessionDep, SessionFactoryDep, SettingsDep
 from payment_service.errors import problem_responses
 from payment_service.jsonutil import MoneyJSONResponse
+from payment_service.schemas.common import IdempotencyKeyHeader
 from payment_service.schemas.refund import RefundList, RefundRequest, RefundResponse
 from payment_service.services import refunds as refund_service
 from payment_service.services.idempotency import REPLAY_HEADER, resolve_key
@@ -42,7 +43,7 @@ async def refund(
     session_factory: SessionFactoryDep,
     gateway: GatewayDep,
     body: RefundRequest | None = None,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: Annotated[IdempotencyKeyHeader | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
     body = body or RefundRequest()
     key = resolve_key(body.idempotency_key, idempotency_key)

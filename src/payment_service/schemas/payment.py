@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from payment_service.models import Payment
 from payment_service.models.enums import PaymentMethod, PaymentStatus
-from payment_service.schemas.common import IdempotencyKeyStr, Money
+from payment_service.schemas.common import (
+    METADATA_MAX_KEY_LENGTH,
+    METADATA_MAX_KEYS,
+    METADATA_MAX_VALUE_LENGTH,
+    IdempotencyKeyStr,
+    MetadataKey,
+    MetadataValue,
+    Money,
+)
 
 MAX_ID = 2**63 - 1  # ids are BIGINT: larger values are a 422, not a database error
-MetadataValue = Annotated[str, StringConstraints(max_length=500)]
 
 
 class PaymentRead(BaseModel):
@@ -89,8 +96,15 @@ class ChargeRequest(BaseModel):
     method: PaymentMethod
     rider_id: int | None = Field(None, gt=0, le=MAX_ID)
     driver_id: int | None = Field(None, gt=0, le=MAX_ID)
-    metadata: dict[Annotated[str, StringConstraints(max_length=64)], MetadataValue] | None = Field(
-        None, max_length=20
+    metadata: dict[MetadataKey, MetadataValue] | None = Field(
+        None,
+        max_length=METADATA_MAX_KEYS,
+        description=(
+            f"Your own string pairs, stored with the payment: at most {METADATA_MAX_KEYS} "
+            f"keys of up to {METADATA_MAX_KEY_LENGTH} characters, values of up to "
+            f"{METADATA_MAX_VALUE_LENGTH} (Stripe's limits); no NUL characters."
+        ),
+        examples=[{"order": "A-1042"}],
     )
 
     @field_validator("method", mode="before")

@@ -8,7 +8,7 @@ from decimal import Decimal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from payment_service.models.enums import PaymentStatus, RefundStatus
-from payment_service.schemas.common import IdempotencyKeyStr, Money
+from payment_service.schemas.common import IdempotencyKeyStr, Money, MoneyInput, SafeStr
 
 
 class RefundRequest(BaseModel):
@@ -17,10 +17,14 @@ class RefundRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     idempotency_key: IdempotencyKeyStr | None = None
-    amount: Decimal | None = Field(
-        None, description="> 0, at most 2 decimals; default: all that remains"
+    amount: MoneyInput | None = Field(
+        None,
+        description=(
+            "> 0, at most 2 decimals and 12 integer digits (a number, or its string); "
+            "default: all that remains"
+        ),
     )
-    reason: str | None = Field(None, max_length=500)
+    reason: SafeStr | None = Field(None, max_length=500)
 
     @field_validator("amount", mode="before")
     @classmethod
