@@ -7,22 +7,30 @@ outbox dispatcher; requests borrow them through `dependencies.py`.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
-from prometheus_fastapi_instrumentator import Instrumentator
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    generate_latest,
+)
+from prometheus_fastapi_instrumentator import Instrumentator, metrics
 from starlette.responses import Response
 
 from payment_service import __version__
 from payment_service.api import charges, health, payments, receipts, refunds
 from payment_service.api.docs import install_docs
+from payment_service.auth.guard import CallerContextMiddleware, Guard, document_scopes
+from payment_service.auth.store import KeyStore
 from payment_service.db import create_engine, create_session_factory
 from payment_service.errors import install_error_handlers
 from payment_service.jsonutil import MoneyJSONResponse
 from payment_service.observability import RequestIdMiddleware, init_metric_series
-from payment_service.ratelimit import RateLimitMiddleware
+from payment_service.ratelimit import RateLimiter, RateLimitHeadersMiddleware
 from payment_service.settings import ConfigurationError, Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -35,6 +43,7 @@ Notification service through an outbox. Errors are RFC 9457 problem details."""
 def create_app(settings: Settings | None = None, *, run_dispatcher: bool | None = None) -> FastAPI:
     """Build the app; `run_dispatcher=None` follows OUTBOX_ENABLED."""
     settings = settings or load_settings()
+    limiter = RateLimiter(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -49,6 +58,11 @@ def create_app(settings: Settings | None = None, *, run_dispatcher: bool | None 
             stack.push_async_callback(engine.dispose)
             app.state.engine = engine
             app.state.session_factory = create_session_factory(engine)
+            app.state.guard = Guard(
+                auth_required=settings.auth_required,
+                keys=KeyStore(app.state.session_factory, settings.api_key_cache_seconds),
+                limiter=limiter,
+            )
             from payment_service.clients.gateway import SimulatedGateway
             from payment_service.clients.trip import TripClient
 
@@ -77,6 +91,7 @@ def create_app(settings: Settings | None = None, *, run_dispatcher: bool | None 
     install_error_handlers(app)
     install_docs(app)
     for module in (health, payments, charges, refunds, receipts):
+        document_scopes(module.router)
         app.include_router(module.router)
 
     init_metric_series()
@@ -89,14 +104,36 @@ def create_app(settings: Settings | None = None, *, run_dispatcher: bool | None 
         should_ignore_untemplated=True,
         excluded_handlers=["/metrics", "/static/.*"],
         registry=http_registry,
-    ).instrument(app)
+    ).add(_exact_status_counter(http_registry)).instrument(app)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         body = generate_latest(http_registry) + generate_latest(REGISTRY)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
-    if settings.rate_limit_enabled:
-        app.add_middleware(RateLimitMiddleware, per_minute=settings.rate_limit_per_minute)
+    # Rate limiting and authentication happen in each route's dependencies (inside the
+    # instrumentation, so 401/403/429 are counted); these only carry their results out.
+    app.add_middleware(RateLimitHeadersMiddleware)
+    app.add_middleware(CallerContextMiddleware)
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+def _exact_status_counter(registry: CollectorRegistry) -> Callable[[metrics.Info], Awaitable[None]]:
+    """`http_responses_total{handler,method,status}` with the exact code (e.g. 429, 401).
+
+    `http_requests_total` keeps status classes (2xx, 4xx, ...) for the dashboards and
+    alerts; this one tells a rate-limited client from a bad request.
+    """
+    counter = Counter(
+        "http_responses",
+        "Responses by handler, method and exact status code.",
+        ["handler", "method", "status"],
+        registry=registry,
+    )
+
+    async def instrumentation(info: metrics.Info) -> None:
+        if info.response is not None:
+            counter.labels(info.modified_handler, info.method, str(info.response.status_code)).inc()
+
+    return instrumentation

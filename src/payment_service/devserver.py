@@ -70,6 +70,8 @@ async def run_dev(
                 port=port,
                 log_config=None,
                 access_log=settings.access_log,
+                proxy_headers=settings.forwarded_allow_ips is not None,
+                forwarded_allow_ips=settings.forwarded_allow_ips or "",
             )
         )
         api = asyncio.create_task(server.serve())

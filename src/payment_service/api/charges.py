@@ -8,7 +8,9 @@ from fastapi import APIRouter, Header
 from starlette.responses import Response
 
 from payment_service.api.routing import MoneyRoute
+from payment_service.auth.guard import RequireCharge
 from payment_service.dependencies import (
+    CallerDep,
     GatewayDep,
     SessionFactoryDep,
     SettingsDep,
@@ -17,9 +19,11 @@ from payment_service.dependencies import (
 from payment_service.errors import problem_responses
 from payment_service.schemas.payment import ChargeRequest, ChargeResponse
 from payment_service.services.charge import ChargeService
-from payment_service.services.idempotency import REPLAY_HEADER, resolve_key
+from payment_service.services.idempotency import REPLAY_HEADER, Idempotency, resolve_key
 
-router = APIRouter(prefix="/v1/payments", tags=["payments"], route_class=MoneyRoute)
+router = APIRouter(
+    prefix="/v1/payments", tags=["payments"], route_class=MoneyRoute, dependencies=[RequireCharge]
+)
 
 
 @router.post(
@@ -43,6 +47,7 @@ async def charge(
     session_factory: SessionFactoryDep,
     trip_client: TripClientDep,
     gateway: GatewayDep,
+    caller: CallerDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
     key = resolve_key(body.idempotency_key, idempotency_key)
@@ -52,6 +57,8 @@ async def charge(
         trip_client=trip_client,
         gateway=gateway,
     )
+    # Keys are scoped to the calling client (until the service takes the caller itself).
+    service.idempotency = Idempotency(settings, "charge", client_id=caller.client_id)
     outcome = await service.charge(body, key)
     headers = {REPLAY_HEADER: "true"} if outcome.replayed else None
     return Response(

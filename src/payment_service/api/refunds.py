@@ -9,12 +9,13 @@ from starlette.responses import Response
 
 from payment_service.api.payments import PaymentId
 from payment_service.api.routing import MoneyRoute
-from payment_service.dependencies import SessionDep, SettingsDep
+from payment_service.auth.guard import RequireRead, RequireRefund
+from payment_service.dependencies import CallerDep, SessionDep, SettingsDep
 from payment_service.errors import problem_responses
 from payment_service.jsonutil import MoneyJSONResponse
 from payment_service.schemas.refund import RefundList, RefundRequest, RefundResponse
 from payment_service.services import refunds as refund_service
-from payment_service.services.idempotency import REPLAY_HEADER, resolve_key
+from payment_service.services.idempotency import REPLAY_HEADER, Idempotency, resolve_key
 
 router = APIRouter(prefix="/v1/payments", tags=["refunds"], route_class=MoneyRoute)
 
@@ -28,17 +29,22 @@ router = APIRouter(prefix="/v1/payments", tags=["refunds"], route_class=MoneyRou
         "payments are refundable (else 409); an amount over what remains is a 422."
     ),
     responses=problem_responses(400, 404, 409, 422, 429, 500),
+    dependencies=[RequireRefund],
 )
 async def refund(
     payment_id: PaymentId,
     session: SessionDep,
     settings: SettingsDep,
+    caller: CallerDep,
     body: RefundRequest | None = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
     body = body or RefundRequest()
     key = resolve_key(body.idempotency_key, idempotency_key)
-    outcome = await refund_service.RefundService(settings).refund(session, payment_id, body, key)
+    service = refund_service.RefundService(settings)
+    # Keys are scoped to the calling client (until the service takes the caller itself).
+    service.idempotency = Idempotency(settings, "refund", client_id=caller.client_id)
+    outcome = await service.refund(session, payment_id, body, key)
     headers = {REPLAY_HEADER: "true"} if outcome.replayed else None
     return Response(
         outcome.body,
@@ -53,6 +59,7 @@ async def refund(
     response_model=RefundList,
     summary="List a payment's refunds",
     responses=problem_responses(404, 422, 500),
+    dependencies=[RequireRead],
 )
 async def list_refunds(payment_id: PaymentId, session: SessionDep) -> MoneyJSONResponse:
     payment, refunds = await refund_service.list_refunds(session, payment_id)
