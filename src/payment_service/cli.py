@@ -321,6 +321,12 @@ def api_keys_create(
             "adds it only if absent, so it is safe to repeat.",
         ),
     ] = None,
+    skip_if_unset: Annotated[
+        bool,
+        typer.Option(
+            "--skip-if-unset", help="With --key-from-env: do nothing if VAR is unset or empty."
+        ),
+    ] = False,
 ) -> None:
     """Create a client and its key; the key is printed once, as the last line."""
     from payment_service.auth.keys import mask
@@ -331,6 +337,9 @@ def api_keys_create(
     if key_from_env is not None:
         presented = os.environ.get(key_from_env)
         if not presented:
+            if skip_if_unset:
+                typer.echo(f"{key_from_env} is not set: no API key created for {name}")
+                return
             raise fail(f"environment variable {key_from_env} is not set", EXIT_CONFIG)
     settings = _settings()
     with _database(settings) as url:

@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = None
     """Rate-limit counters in Redis (shared by replicas); unset, in this process's memory."""
     redis_key_prefix: str = Field("payment-service", min_length=1, max_length=64)
+    bootstrap_api_key: SecretStr | None = None
+    """Read only by `api-keys create --key-from-env BOOTSTRAP_API_KEY` (the migration Job)."""
 
     # Peers.
     trip_service_url: str = "http://localhost:8081"
