@@ -37,17 +37,22 @@ class KeyStore:
             return cached[1]
         # One lookup per key at a time: a burst on a cold cache is one query, not N.
         lock = self._locks.setdefault(digest, asyncio.Lock())
-        async with lock:
-            cached = self._fresh(digest)
-            if cached is not None:
-                return cached[1]
-            from payment_service.services.api_keys import caller_for_key
+        try:
+            async with lock:
+                cached = self._fresh(digest)
+                if cached is not None:
+                    return cached[1]
+                caller = await self._lookup(key)
+                self._store(digest, caller)
+                return caller
+        finally:
+            self._locks.pop(digest, None)
 
-            async with self.session_factory() as session, session.begin():
-                caller = await caller_for_key(session, key)
-            self._store(digest, caller)
-        self._locks.pop(digest, None)
-        return caller
+    async def _lookup(self, key: str) -> Caller | None:
+        from payment_service.services.api_keys import caller_for_key
+
+        async with self.session_factory() as session, session.begin():
+            return await caller_for_key(session, key)
 
     def _fresh(self, digest: str) -> tuple[float, Caller | None] | None:
         entry = self._entries.get(digest)
