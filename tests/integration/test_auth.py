@@ -334,3 +334,34 @@ async def test_openapi_declares_the_bearer_scheme_and_each_scope(auth_app: AuthC
     assert scopes[("post", "/v1/payments/{payment_id}/refund")] == "refund"
     assert scopes[("get", "/v1/payments")] == "read"
     assert scopes[("get", "/v1/payments/{payment_id}/refunds")] == "read"
+
+
+async def test_concurrent_retries_of_one_key_string_by_two_clients(
+    auth_app: AuthClient, make_key: MakeKey, engine: AsyncEngine, new_trip_id: Callable[[], int]
+) -> None:
+    """Ten concurrent retries each from two clients with one key string: one payment per
+    client, and every answer a client gets is about its own payment."""
+    client = await auth_app()
+    keys = [await make_key("charge"), await make_key("charge")]
+    trips = [new_trip_id(), new_trip_id()]
+    shared = f"race-{uuid.uuid4().hex[:8]}"
+
+    async def charge(i: int) -> tuple[int, httpx.Response]:
+        who = i % 2
+        body = {"idempotency_key": shared, "trip_id": trips[who], "method": "CARD"}
+        return who, await client.post(CHARGE, json=body, headers=bearer(keys[who]))
+
+    answers = await asyncio.gather(*(charge(i) for i in range(20)))
+
+    payments: dict[int, set[int]] = {0: set(), 1: set()}
+    for who, response in answers:
+        assert response.status_code in (201, 409), response.text
+        if response.status_code == 201:
+            assert response.json()["trip_id"] == trips[who]
+            payments[who].add(response.json()["payment_id"])
+    assert all(len(ids) == 1 for ids in payments.values()), payments
+    async with engine.connect() as connection:
+        count = await connection.scalar(
+            text("SELECT count(*) FROM payments WHERE trip_id = ANY(:trips)"), {"trips": trips}
+        )
+    assert count == 2
