@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,7 +20,7 @@ from payment_service.app import create_app
 from payment_service.auth.caller import current_caller
 from payment_service.sandbox.runner import Sandbox
 from payment_service.services.api_keys import create_key, revoke_keys
-from tests.conftest import insert_payment
+from tests.conftest import insert_payment, make_settings
 from tests.integration.conftest import money_settings
 
 CHARGE = "/v1/payments/charge"
@@ -365,3 +366,27 @@ async def test_concurrent_retries_of_one_key_string_by_two_clients(
             text("SELECT count(*) FROM payments WHERE trip_id = ANY(:trips)"), {"trips": trips}
         )
     assert count == 2
+
+
+async def test_key_lookup_with_the_database_down_is_a_503(make_key: MakeKey) -> None:
+    """An uncached key while the database is unreachable: 503 with Retry-After, not a 500
+    and not a 401 (the key may well be valid)."""
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    application = create_app(
+        make_settings(
+            f"postgresql://postgres@127.0.0.1:{closed}/nowhere",
+            auth_required=True,
+            db_connect_timeout_seconds=1,
+        )
+    )
+    key = await make_key("read")
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            response = await client.get("/v1/payments?limit=1", headers=bearer(key))
+    assert response.status_code == 503, response.text
+    assert response.headers["Retry-After"]
+    assert response.headers["content-type"] == "application/problem+json"

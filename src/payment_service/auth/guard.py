@@ -21,7 +21,8 @@ from typing import Any
 from fastapi import APIRouter, Request, Security
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.types import ASGIApp, Receive, Send
 from starlette.types import Scope as ASGIScope
 
@@ -78,7 +79,7 @@ class Guard:
         key = credentials.credentials
         try:
             caller = await self.keys.caller_for(key)
-        except (OperationalError, InterfaceError, DBAPIError, OSError) as exc:
+        except (DBAPIError, PoolTimeoutError, OSError, TimeoutError) as exc:
             log.warning("API key lookup failed", extra={"error": type(exc).__name__})
             raise ServiceUnavailableError(
                 "Cannot check API keys right now; retry shortly.", headers={"Retry-After": "1"}
