@@ -1,7 +1,7 @@
 """Shared fixtures: a real PostgreSQL (TEST_DATABASE_URL, else embedded), migrated once.
 
 - `database_url`: a fresh database for this test session, migrated to head.
-- `settings`: Settings for that database (no `.env`, rate limit and dispatcher off).
+- `settings`: Settings for that database (no `.env`; auth, rate limit and dispatcher off).
 - `app` / `client`: the ASGI app with its lifespan running, and an httpx client over it.
 - `sandbox` / `peers`: the sandbox Trip and Notification services on loopback.
 - `seeded`: truncates every table and loads the project's seed CSV (for exact counts).
@@ -34,7 +34,7 @@ TRIPS_FILE = ROOT / "seeds" / "rhfd_trips.csv"
 SHARED_FIXTURE = ROOT.parent / "shared" / "fixtures" / "rhfd_payments.csv"
 TABLES = (
     "gateway_events, payment_events, refunds, receipts, notification_outbox, idempotency_keys, "
-    "payments"
+    "payments, api_keys, api_clients"
 )
 
 
@@ -129,6 +129,8 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "database_url": database_url,
         "rate_limit_enabled": False,
+        # Tests of authentication turn it on; the rest act as the default client.
+        "auth_required": False,
         "outbox_enabled": False,
         "reconcile_enabled": False,
         "gateway": "simulator",

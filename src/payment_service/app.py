@@ -7,23 +7,31 @@ outbox dispatcher; requests borrow them through `dependencies.py`.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
-from prometheus_fastapi_instrumentator import Instrumentator
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    generate_latest,
+)
+from prometheus_fastapi_instrumentator import Instrumentator, metrics
 from starlette.responses import Response
 
 from payment_service import __version__
 from payment_service.api import charges, health, payments, receipts, refunds, webhooks
 from payment_service.api.docs import install_docs
+from payment_service.auth.guard import CallerContextMiddleware, Guard, document_scopes
+from payment_service.auth.store import KeyStore
 from payment_service.db import create_engine, create_session_factory
 from payment_service.edge import RequestLimitsMiddleware, ResponseHeadersMiddleware
 from payment_service.errors import install_error_handlers
 from payment_service.jsonutil import MoneyJSONResponse
 from payment_service.observability import RequestIdMiddleware, init_metric_series
-from payment_service.ratelimit import RateLimitMiddleware
+from payment_service.ratelimit import RateLimiter, RateLimitHeadersMiddleware
 from payment_service.settings import ConfigurationError, Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -42,6 +50,7 @@ def create_app(
     """Build the app; `run_dispatcher` / `run_reconciler` None follow OUTBOX_ENABLED and
     RECONCILE_ENABLED."""
     settings = settings or load_settings()
+    limiter = RateLimiter(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -56,6 +65,11 @@ def create_app(
             stack.push_async_callback(engine.dispose)
             app.state.engine = engine
             app.state.session_factory = create_session_factory(engine)
+            app.state.guard = Guard(
+                auth_required=settings.auth_required,
+                keys=KeyStore(app.state.session_factory, settings.api_key_cache_seconds),
+                limiter=limiter,
+            )
             from payment_service.clients.gateway import build_gateway
             from payment_service.clients.trip import TripClient
 
@@ -92,6 +106,7 @@ def create_app(
     install_error_handlers(app)
     install_docs(app)
     for module in (health, payments, charges, refunds, receipts, webhooks):
+        document_scopes(module.router)
         app.include_router(module.router)
 
     init_metric_series()
@@ -104,17 +119,19 @@ def create_app(
         should_ignore_untemplated=True,
         excluded_handlers=["/metrics", "/static/.*"],
         registry=http_registry,
-    ).instrument(app)
+    ).add(_exact_status_counter(http_registry)).instrument(app)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         body = generate_latest(http_registry) + generate_latest(REGISTRY)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
-    if settings.rate_limit_enabled:
-        app.add_middleware(RateLimitMiddleware, per_minute=settings.rate_limit_per_minute)
-    # Outermost last. The limits run before rate limiting and routing (and inside the
-    # request id, so rejections carry it); HEAD and the response headers wrap everything.
+    # Rate limiting and authentication happen in each route's dependencies (inside the
+    # instrumentation, so 401/403/429 are counted); these only carry their results out.
+    app.add_middleware(RateLimitHeadersMiddleware)
+    app.add_middleware(CallerContextMiddleware)
+    # Outermost last. The limits run before routing (and inside the request id, so
+    # rejections carry it); HEAD and the response headers wrap everything.
     app.add_middleware(
         RequestLimitsMiddleware,
         max_body_bytes=settings.max_body_bytes,
@@ -124,3 +141,23 @@ def create_app(
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(ResponseHeadersMiddleware)
     return app
+
+
+def _exact_status_counter(registry: CollectorRegistry) -> Callable[[metrics.Info], Awaitable[None]]:
+    """`http_responses_total{handler,method,status}` with the exact code (e.g. 429, 401).
+
+    `http_requests_total` keeps status classes (2xx, 4xx, ...) for the dashboards and
+    alerts; this one tells a rate-limited client from a bad request.
+    """
+    counter = Counter(
+        "http_responses",
+        "Responses by handler, method and exact status code.",
+        ["handler", "method", "status"],
+        registry=registry,
+    )
+
+    async def instrumentation(info: metrics.Info) -> None:
+        if info.response is not None:
+            counter.labels(info.modified_handler, info.method, str(info.response.status_code)).inc()
+
+    return instrumentation

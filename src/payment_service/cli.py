@@ -1,6 +1,7 @@
 """The `payment-service` command line.
 
-Commands: serve, dev, migrate, seed, worker, reconcile, purge-idempotency-keys, sandbox.
+Commands: serve, dev, migrate, seed, worker, reconcile, purge-idempotency-keys, sandbox,
+api-keys.
 
 Every command turns configuration and connection problems into one line on stderr
 and a non-zero exit code, never a traceback.
@@ -15,6 +16,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
@@ -217,7 +219,10 @@ def serve(
             workers=workers or settings.web_concurrency,
             log_config=None,
             access_log=settings.access_log,
-            proxy_headers=True,
+            # X-Forwarded-For only from FORWARDED_ALLOW_IPS (uvicorn's own default would
+            # trust 127.0.0.1, letting a local caller choose its rate-limit address).
+            proxy_headers=settings.forwarded_allow_ips is not None,
+            forwarded_allow_ips=settings.forwarded_allow_ips or "",
             timeout_graceful_shutdown=10,
             **uvicorn_edge_options(settings),
         )
@@ -323,7 +328,10 @@ def dev(
     from payment_service.devserver import DevServerError, run_dev
     from payment_service.sandbox.errors import SandboxError
 
-    # `dev` is the no-setup path: always the embedded database, whatever `.env` says.
+    # `dev` is the no-setup path: no API keys needed (the seed's curl lines work as they
+    # are; a caller sending a key is still identified by it).
+    settings = settings.model_copy(update={"auth_required": False})
+    # Always the embedded database, whatever `.env` says.
     local = settings.model_copy(
         update={
             "database_url": None,
@@ -355,6 +363,136 @@ def _default_seed() -> Path:
     from payment_service.services.seed import default_seed_file
 
     return default_seed_file()
+
+
+api_keys = typer.Typer(
+    no_args_is_help=True,
+    help="API keys of the clients that call the API (shown once, stored as hashes).",
+)
+app.add_typer(api_keys, name="api-keys")
+
+
+def _parse_rate_limit(value: str | None) -> int | None:
+    if value is None:
+        return None
+    number, _, unit = value.partition("/")
+    if unit not in {"minute", "min", "m"} or not number.isdigit() or int(number) < 1:
+        raise fail(f"--rate-limit must look like 100/minute, got {value!r}", EXIT_CONFIG)
+    return int(number)
+
+
+@api_keys.command("create")
+def api_keys_create(
+    name: Annotated[str, typer.Option("--name", help="Unique client name, e.g. trip-service")],
+    scope: Annotated[
+        list[str], typer.Option("--scope", help="read, charge or refund (repeat for several)")
+    ],
+    rate_limit: Annotated[
+        str | None,
+        typer.Option("--rate-limit", help="Own budget per scope, e.g. 100/minute"),
+    ] = None,
+    key_from_env: Annotated[
+        str | None,
+        typer.Option(
+            "--key-from-env",
+            metavar="VAR",
+            help="Use the key in environment variable VAR (e.g. from a Secret); "
+            "adds it only if absent, so it is safe to repeat.",
+        ),
+    ] = None,
+    skip_if_unset: Annotated[
+        bool,
+        typer.Option(
+            "--skip-if-unset", help="With --key-from-env: do nothing if VAR is unset or empty."
+        ),
+    ] = False,
+) -> None:
+    """Create a client and its key; the key is printed once, as the last line."""
+    from payment_service.auth.keys import mask
+    from payment_service.services.api_keys import ApiKeyError, create_key
+
+    per_minute = _parse_rate_limit(rate_limit)
+    presented = None
+    if key_from_env is not None:
+        presented = os.environ.get(key_from_env)
+        if not presented:
+            if skip_if_unset:
+                typer.echo(f"{key_from_env} is not set: no API key created for {name}")
+                return
+            raise fail(f"environment variable {key_from_env} is not set", EXIT_CONFIG)
+    settings = _settings()
+    with _database(settings) as url:
+        try:
+            created = _run(
+                _in_transaction(
+                    settings,
+                    url,
+                    lambda session: create_key(
+                        session, name, scope, rate_limit_per_minute=per_minute, key=presented
+                    ),
+                )
+            )
+        except ApiKeyError as exc:
+            raise fail(str(exc)) from None
+    shown = mask(created.prefix)
+    if created.key is None:
+        state = "added" if created.created else "already present"
+        typer.echo(f"API key {shown} of {name}: {state} (from ${key_from_env})")
+        return
+    typer.echo(f"created API key {shown} for {name} with scopes {', '.join(sorted(set(scope)))}")
+    typer.echo("store it now; it is not shown again:")
+    typer.echo(created.key)
+
+
+@api_keys.command("list")
+def api_keys_list() -> None:
+    """Clients and their keys: name, prefix, scopes, created, revoked (never the key)."""
+    from payment_service.services.api_keys import list_keys
+
+    settings = _settings()
+    with _database(settings) as url:
+        rows = _run(_in_transaction(settings, url, list_keys))
+    if not rows:
+        typer.echo("no API keys")
+        return
+    typer.echo("NAME\tPREFIX\tSCOPES\tRATE_LIMIT\tCREATED\tREVOKED\tLAST_USED")
+    for row in rows:
+        typer.echo(
+            "\t".join(
+                (
+                    row.name,
+                    row.prefix,
+                    ",".join(row.scopes),
+                    f"{row.rate_limit_per_minute}/minute" if row.rate_limit_per_minute else "-",
+                    _when(row.created_at),
+                    _when(row.revoked_at),
+                    _when(row.last_used_at),
+                )
+            )
+        )
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.isoformat(timespec="seconds") if moment is not None else "-"
+
+
+@api_keys.command("revoke")
+def api_keys_revoke(
+    name: Annotated[str, typer.Argument(help="Client name whose keys to revoke")],
+) -> None:
+    """Revoke every key of a client (effective within API_KEY_CACHE_SECONDS)."""
+    from payment_service.services.api_keys import ApiKeyError, revoke_keys
+
+    settings = _settings()
+    with _database(settings) as url:
+        try:
+            count = _run(_in_transaction(settings, url, lambda session: revoke_keys(session, name)))
+        except ApiKeyError as exc:
+            raise fail(str(exc)) from None
+    typer.echo(
+        f"revoked {count} key(s) of {name}; replicas stop accepting them within "
+        f"{settings.api_key_cache_seconds:g} s"
+    )
 
 
 def _register_sandbox() -> None:

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from payment_service.auth.caller import Caller
+from payment_service.auth.guard import get_caller
 from payment_service.db import SessionFactory
 from payment_service.settings import Settings
 
@@ -51,3 +53,6 @@ SessionDep = Annotated[AsyncSession, Depends(unit_of_work, scope="function")]
 SessionFactoryDep = Annotated[SessionFactory, Depends(get_session_factory)]
 TripClientDep = Annotated["TripClient", Depends(get_trip_client)]
 GatewayDep = Annotated["PaymentGateway", Depends(get_gateway)]
+CallerDep = Annotated[Caller, Depends(get_caller)]
+"""The authenticated caller of a route guarded by RequireRead/RequireCharge/RequireRefund
+(`payment_service.auth.guard`); services may read the same through `current_caller()`."""

@@ -87,6 +87,8 @@ async def run_dev(
                 log_config=None,
                 access_log=settings.access_log,
                 **uvicorn_edge_options(settings),  # type: ignore[arg-type]
+                proxy_headers=settings.forwarded_allow_ips is not None,
+                forwarded_allow_ips=settings.forwarded_allow_ips or "",
             )
         )
         api = asyncio.create_task(server.serve())

@@ -56,13 +56,27 @@ class Settings(BaseSettings):
     web_concurrency: int = Field(1, ge=1, le=64)
     log_level: LogLevel = "INFO"
     access_log: bool = True
+    forwarded_allow_ips: str | None = None
+    """Proxies whose X-Forwarded-For/-Proto uvicorn believes (comma-separated IPs or CIDRs,
+    `*` for any); unset, nobody's, so a client cannot pick its own address."""
+
+    # Callers: API keys and per-client rate limits (SPEC §7a).
+    auth_required: bool = True
+    api_key_cache_seconds: float = Field(5.0, ge=0, le=300)
     rate_limit_enabled: bool = True
-    rate_limit_per_minute: int = Field(600, ge=1)
     # The edge (edge.py): what a request may cost before the app refuses it.
     max_body_bytes: int = Field(65536, ge=1024)
     max_header_bytes: int = Field(16384, ge=1024, le=1024 * 1024)
     request_read_timeout_seconds: float = Field(10.0, gt=0, le=600)
     keep_alive_timeout_seconds: int = Field(5, ge=1, le=600)
+    rate_limit_read_per_minute: int = Field(1200, ge=1)
+    rate_limit_charge_per_minute: int = Field(600, ge=1)
+    rate_limit_refund_per_minute: int = Field(120, ge=1)
+    redis_url: SecretStr | None = None
+    """Rate-limit counters in Redis (shared by replicas); unset, in this process's memory."""
+    redis_key_prefix: str = Field("payment-service", min_length=1, max_length=64)
+    bootstrap_api_key: SecretStr | None = None
+    """Read only by `api-keys create --key-from-env BOOTSTRAP_API_KEY` (the migration Job)."""
 
     # Peers.
     trip_service_url: str = "http://localhost:8081"
@@ -132,6 +146,15 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"must be an http(s) URL, got {value!r}")
         return value.rstrip("/")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            scheme = value.get_secret_value().removeprefix("async+").split("://", 1)[0]
+            if scheme not in {"redis", "rediss", "redis+unix"}:
+                raise ValueError("must be a redis://, rediss:// or redis+unix:// URL")
+        return value
 
     @field_validator("database_url")
     @classmethod

@@ -213,6 +213,14 @@ def test_compose_migrate_then_api_serve_healthy(
     )  # fmt: skip
     assert migrate.returncode == 0, f"migrate failed:\n{migrate.stdout}\n{migrate.stderr}"
     assert f"{SEED_ROWS} rows" in migrate.stdout + migrate.stderr
+    # AUTH_REQUIRED defaults to true: the operator's first key, made with the image's CLI.
+    created = subprocess.run(
+        ["/bin/sh", "-c", "payment-service api-keys create --name deploy-check --scope read"],
+        cwd=image.workdir, env=migrate_env, capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert created.returncode == 0, f"api-keys create failed:\n{created.stderr}"
+    api_key = created.stdout.splitlines()[-1]
 
     api_env = {**home, **image.env, **compose_env(compose, "api", deploy_database, port)}
     log_path = tmp_path / "api.log"
@@ -232,7 +240,13 @@ def test_compose_migrate_then_api_serve_healthy(
                 assert http.get("/health/live").status_code == 200
                 assert http.get("/health/ready").status_code == 200
                 assert http.get("/metrics").status_code == 200
-                payments = http.get("/v1/payments", params={"limit": 1})
+                anonymous = http.get("/v1/payments", params={"limit": 1})
+                assert anonymous.status_code == 401
+                payments = http.get(
+                    "/v1/payments",
+                    params={"limit": 1},
+                    headers={"Authorization": f"Bearer {api_key}"},
+                )
                 assert payments.status_code == 200
                 assert payments.json()["total"] == SEED_ROWS
 

@@ -123,11 +123,13 @@ def test_probes_hit_the_health_endpoints_on_the_service_port(
 
 
 def test_containers_run_the_image_cli(rendered: Rendered, dockerfile: Dockerfile) -> None:
-    """API runs the image CMD; the Job migrates then seeds; the CronJob purges keys."""
+    """API runs the image CMD; the Job migrates, adds the first API key, seeds; the CronJob
+    purges keys."""
     from payment_service.cli import app
 
     base = rendered["base"]
     commands = {c.name or c.callback.__name__ for c in app.registered_commands}
+    commands |= {group.name for group in app.registered_groups}
     for _, spec in payment_pod_specs(base):
         for container in containers(spec):
             assert "command" not in container, "keep the image ENTRYPOINT (payment-service)"
@@ -135,7 +137,16 @@ def test_containers_run_the_image_cli(rendered: Rendered, dockerfile: Dockerfile
     api = one(base, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert api["args"] == dockerfile.exec_form("CMD")
     job = one(base, "Job")["spec"]["template"]["spec"]
-    assert [c["args"] for c in containers(job)] == [["migrate"], ["seed"]]
+    assert [c["args"][:2] for c in containers(job)] == [
+        ["migrate"],
+        ["api-keys", "create"],
+        ["seed"],
+    ]
+    assert job["initContainers"][1]["args"][-3:] == [
+        "--key-from-env",
+        "BOOTSTRAP_API_KEY",
+        "--skip-if-unset",
+    ]
     cron = one(base, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert cron["containers"][0]["args"] == ["purge-idempotency-keys"]
 

@@ -54,6 +54,9 @@ PROCESSES = pytest.StashKey[list["ServiceProcess"]]()
 
 DEFAULT_SERVICE_ENV = {
     "RATE_LIMIT_ENABLED": "false",
+    # Deliberately off: these tests exercise the seed API as the default client; the
+    # e2e tests of authentication and limits turn both on.
+    "AUTH_REQUIRED": "false",
     "LOG_LEVEL": "WARNING",
     "SERVICE_HOST": "127.0.0.1",
     "ACCESS_LOG": "false",

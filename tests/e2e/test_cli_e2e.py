@@ -11,11 +11,20 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.e2e.conftest import free_port, hermetic_env, plain_url, run_cli
 
-COMMANDS = ("serve", "dev", "migrate", "seed", "worker", "purge-idempotency-keys", "sandbox")
+COMMANDS = (
+    "serve",
+    "dev",
+    "migrate",
+    "seed",
+    "worker",
+    "purge-idempotency-keys",
+    "sandbox",
+    "api-keys",
+)
 
 
 async def test_help_lists_every_command(tmp_path: Path) -> None:
-    """`payment-service --help` names serve, dev, migrate, seed, worker, purge and sandbox."""
+    """`payment-service --help` names every command, api-keys included."""
     result = await run_cli("--help", env=hermetic_env(), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for command in COMMANDS:

@@ -14,9 +14,9 @@ from tests.conftest import ROOT, make_settings
 
 
 async def test_rate_limit_answers_429_problem_with_retry_after(database_url: str) -> None:
-    """Past RATE_LIMIT_PER_MINUTE a client gets 429 problem+json; /health stays exempt."""
+    """Past RATE_LIMIT_READ_PER_MINUTE a client gets 429 problem+json; /health stays exempt."""
     app = create_app(
-        make_settings(database_url, rate_limit_enabled=True, rate_limit_per_minute=3),
+        make_settings(database_url, rate_limit_enabled=True, rate_limit_read_per_minute=3),
         run_dispatcher=False,
     )
     async with app.router.lifespan_context(app):

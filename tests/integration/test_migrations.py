@@ -27,6 +27,8 @@ EXPECTED_TABLES = {
     "idempotency_keys",
     "notification_outbox",
     "gateway_events",
+    "api_clients",
+    "api_keys",
 }
 
 

@@ -8,7 +8,9 @@ from fastapi import APIRouter, Header
 from starlette.responses import Response
 
 from payment_service.api.routing import MoneyRoute
+from payment_service.auth.guard import RequireCharge
 from payment_service.dependencies import (
+    CallerDep,
     GatewayDep,
     SessionFactoryDep,
     SettingsDep,
@@ -20,7 +22,9 @@ from payment_service.schemas.payment import ChargeRequest, ChargeResponse
 from payment_service.services.charge import ChargeService
 from payment_service.services.idempotency import REPLAY_HEADER, resolve_key
 
-router = APIRouter(prefix="/v1/payments", tags=["payments"], route_class=MoneyRoute)
+router = APIRouter(
+    prefix="/v1/payments", tags=["payments"], route_class=MoneyRoute, dependencies=[RequireCharge]
+)
 
 
 @router.post(
@@ -44,6 +48,7 @@ async def charge(
     session_factory: SessionFactoryDep,
     trip_client: TripClientDep,
     gateway: GatewayDep,
+    caller: CallerDep,
     idempotency_key: Annotated[IdempotencyKeyHeader | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
     key = resolve_key(body.idempotency_key, idempotency_key)
@@ -52,6 +57,7 @@ async def charge(
         session_factory=session_factory,
         trip_client=trip_client,
         gateway=gateway,
+        client_id=caller.client_id,
     )
     outcome = await service.charge(body, key)
     headers = {REPLAY_HEADER: "true"} if outcome.replayed else None

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 
 from payment_service.api.routing import MoneyRoute
+from payment_service.auth.guard import RequireRead
 from payment_service.dependencies import SessionDep
 from payment_service.errors import problem_responses
 from payment_service.jsonutil import MoneyJSONResponse
@@ -20,7 +21,9 @@ from payment_service.schemas.payment import (
 )
 from payment_service.services import payments as payment_service
 
-router = APIRouter(prefix="/v1/payments", tags=["payments"], route_class=MoneyRoute)
+router = APIRouter(
+    prefix="/v1/payments", tags=["payments"], route_class=MoneyRoute, dependencies=[RequireRead]
+)
 
 PaymentId = Annotated[int, Path(gt=0, le=MAX_ID, description="Payment id")]
 

@@ -17,13 +17,16 @@ from starlette.responses import HTMLResponse, Response
 
 from payment_service.api.payments import PaymentId
 from payment_service.api.routing import MoneyRoute
+from payment_service.auth.guard import RequireRead
 from payment_service.dependencies import SessionDep
 from payment_service.errors import problem_responses
 from payment_service.jsonutil import MoneyJSONResponse
 from payment_service.schemas.receipt import ReceiptRead
 from payment_service.services import receipts as receipt_service
 
-router = APIRouter(prefix="/v1/payments", tags=["receipts"], route_class=MoneyRoute)
+router = APIRouter(
+    prefix="/v1/payments", tags=["receipts"], route_class=MoneyRoute, dependencies=[RequireRead]
+)
 
 JSON = "application/json"
 HTML = "text/html"

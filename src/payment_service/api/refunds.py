@@ -9,7 +9,14 @@ from starlette.responses import Response
 
 from payment_service.api.payments import PaymentId
 from payment_service.api.routing import MoneyRoute
-from payment_service.dependencies import GatewayDep, SessionDep, SessionFactoryDep, SettingsDep
+from payment_service.auth.guard import RequireRead, RequireRefund
+from payment_service.dependencies import (
+    CallerDep,
+    GatewayDep,
+    SessionDep,
+    SessionFactoryDep,
+    SettingsDep,
+)
 from payment_service.errors import problem_responses
 from payment_service.jsonutil import MoneyJSONResponse
 from payment_service.schemas.common import IdempotencyKeyHeader
@@ -36,19 +43,24 @@ router = APIRouter(prefix="/v1/payments", tags=["refunds"], route_class=MoneyRou
         202: {"model": RefundResponse, "description": "Refund pending at the processor"},
         **problem_responses(400, 404, 409, 422, 429, 500, 503),
     },
+    dependencies=[RequireRefund],
 )
 async def refund(
     payment_id: PaymentId,
     settings: SettingsDep,
     session_factory: SessionFactoryDep,
     gateway: GatewayDep,
+    caller: CallerDep,
     body: RefundRequest | None = None,
     idempotency_key: Annotated[IdempotencyKeyHeader | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
     body = body or RefundRequest()
     key = resolve_key(body.idempotency_key, idempotency_key)
     service = refund_service.RefundService(
-        settings=settings, session_factory=session_factory, gateway=gateway
+        settings=settings,
+        session_factory=session_factory,
+        gateway=gateway,
+        client_id=caller.client_id,
     )
     outcome = await service.refund(payment_id, body, key)
     headers = {REPLAY_HEADER: "true"} if outcome.replayed else None
@@ -65,6 +77,7 @@ async def refund(
     response_model=RefundList,
     summary="List a payment's refunds",
     responses=problem_responses(404, 422, 500),
+    dependencies=[RequireRead],
 )
 async def list_refunds(payment_id: PaymentId, session: SessionDep) -> MoneyJSONResponse:
     payment, refunds = await refund_service.list_refunds(session, payment_id)

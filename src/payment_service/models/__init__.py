@@ -1,5 +1,6 @@
 """ORM models; importing this package registers every table on `Base.metadata`."""
 
+from payment_service.models.api_key import ApiClient, ApiKey
 from payment_service.models.base import Base
 from payment_service.models.enums import (
     IdempotencyState,
@@ -19,6 +20,8 @@ from payment_service.models.payment import (
 )
 
 __all__ = [
+    "ApiClient",
+    "ApiKey",
     "Base",
     "IdempotencyKey",
     "IdempotencyState",

@@ -33,6 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
+from payment_service.auth.caller import current_actor
 from payment_service.models.base import Base, created_at_column
 from payment_service.models.enums import PaymentMethod, PaymentStatus, RefundStatus, sql_in
 
@@ -163,6 +164,9 @@ class PaymentEvent(Base):
     data: Mapped[dict[str, Any]] = mapped_column(
         JSONB, nullable=False, server_default=text("'{}'::jsonb")
     )
+    # Who caused the event: the API client's name (migration 0006). Defaults to the
+    # caller of the request being handled, so every insert records it unless told otherwise.
+    actor: Mapped[str | None] = mapped_column(String(64), default=current_actor)
     created_at: Mapped[datetime] = created_at_column()
 
 

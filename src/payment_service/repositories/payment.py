@@ -82,18 +82,24 @@ class PaymentRepository:
         to_status: str,
         amount: Decimal | None,
         data: dict[str, Any],
+        actor: str | None = None,
     ) -> None:
-        """Append to the payment's history (the table refuses updates and deletes)."""
-        await self.session.execute(
-            insert(PaymentEvent).values(
-                payment_id=payment_id,
-                event_type=event_type,
-                from_status=from_status,
-                to_status=to_status,
-                amount=amount,
-                data=data,
-            )
-        )
+        """Append to the payment's history (the table refuses updates and deletes).
+
+        `actor` defaults to the calling client (`current_actor()`, the model's default);
+        work no client asked for names itself (`reconciler`, `webhook:stripe`).
+        """
+        values: dict[str, Any] = {
+            "payment_id": payment_id,
+            "event_type": event_type,
+            "from_status": from_status,
+            "to_status": to_status,
+            "amount": amount,
+            "data": data,
+        }
+        if actor is not None:
+            values["actor"] = actor
+        await self.session.execute(insert(PaymentEvent).values(**values))
 
     async def finish_charge(
         self,

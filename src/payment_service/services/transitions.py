@@ -107,6 +107,7 @@ async def finish_charge(
             "failure_reason": result.failure_reason,
             "source": source,
         },
+        actor=_actor(source),
     )
     await OutboxRepository(session).enqueue("payment", payment_id, payment_message(moved))
     answer = charge_answer(moved, result.message)
@@ -125,6 +126,11 @@ async def finish_charge(
         extra={"payment_id": payment_id, "status": target, "from": previous, "source": source},
     )
     return moved, True
+
+
+def _actor(source: str) -> str | None:
+    """Who moved the row: the calling client for requests, else the component itself."""
+    return None if source in ("request", "retry") else source
 
 
 def payment_message(payment: Payment) -> dict[str, Any]:

@@ -100,7 +100,7 @@ async def _apply(
                 f"Payment {event.payment_status.lower()} (processor event)",
                 failure_reason=event.failure_reason,
             )
-            await finish_charge(session, payment_id, result, source="webhook")
+            await finish_charge(session, payment_id, result, source=f"webhook:{provider}")
         elif event.kind == "refund" and event.refund_status is not None:
             refund_id = await _refund_of(session, event)
             if refund_id is None:
@@ -109,7 +109,7 @@ async def _apply(
                 session,
                 refund_id,
                 RefundResult(event.refund_status, event.gateway_reference, event.failure_reason),
-                source="webhook",
+                source=f"webhook:{provider}",
             )
         return "applied"
 

@@ -1,0 +1,211 @@
+"""The FastAPI dependencies that guard a route: who calls, within budget, allowed to.
+
+`require_scope("refund")` on a route (as `Security(...)`) does, in order:
+1. find the caller from `Authorization: Bearer <key>` (cached lookups, see `store`);
+2. count the request against the caller's budget for that scope — per key's client,
+   else per address, before any 401, so guessing keys is rate-limited too;
+3. 401 (with `WWW-Authenticate: Bearer`) for a missing, unknown or revoked key when
+   AUTH_REQUIRED, 403 when the key lacks the scope;
+4. bind the caller for the request (`current_caller()`, `CallerDep`).
+
+With AUTH_REQUIRED=false a request without a key is the default client with every
+scope; a request with a key is still that key's client (and a bad key still a 401).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter, Request, Security
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.types import ASGIApp, Receive, Send
+from starlette.types import Scope as ASGIScope
+
+from payment_service.auth.caller import DEFAULT_CALLER, Caller, reset_caller, set_caller
+from payment_service.auth.keys import KEY_PATTERN, mask
+from payment_service.auth.store import KeyStore
+from payment_service.errors import PROBLEM_SCHEMA, PaymentServiceError, ServiceUnavailableError
+from payment_service.ratelimit import QUOTA_STATE_KEY, RateLimiter
+
+log = logging.getLogger(__name__)
+
+SCHEME_NAME = "apiKey"
+CALLER_STATE_KEY = "caller"
+
+bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name=SCHEME_NAME,
+    bearerFormat="psk_<prefix>_<secret>",
+    description=(
+        "An API key from `payment-service api-keys create`, sent as "
+        "`Authorization: Bearer psk_…`. Each operation names the scope it needs "
+        "(`x-required-scope`): `read` (GET routes), `charge` or `refund`."
+    ),
+)
+
+
+class UnauthenticatedError(PaymentServiceError):
+    status = 401
+    type = "unauthenticated"
+    title = "Unauthorized"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="payment-service"'})
+
+
+class ForbiddenError(PaymentServiceError):
+    status = 403
+    type = "forbidden"
+    title = "Forbidden"
+
+
+class Guard:
+    """Per-app authentication and rate limiting (held on `app.state.guard`)."""
+
+    def __init__(self, *, auth_required: bool, keys: KeyStore, limiter: RateLimiter) -> None:
+        self.auth_required = auth_required
+        self.keys = keys
+        self.limiter = limiter
+
+    async def identify(self, credentials: HTTPAuthorizationCredentials | None) -> Caller | str:
+        """The caller, or why there is none (a 401 detail)."""
+        if credentials is None:
+            return "Send an API key: Authorization: Bearer <key>."
+        key = credentials.credentials
+        try:
+            caller = await self.keys.caller_for(key)
+        except (DBAPIError, PoolTimeoutError, OSError, TimeoutError) as exc:
+            log.warning("API key lookup failed", extra={"error": type(exc).__name__})
+            raise ServiceUnavailableError(
+                "Cannot check API keys right now; retry shortly.", headers={"Retry-After": "1"}
+            ) from None
+        if caller is None:
+            match = KEY_PATTERN.match(key)
+            log.info(
+                "rejected an API key",
+                extra={"key": mask(match.group(1)) if match else "(malformed)"},
+            )
+            return "The API key is unknown or revoked."
+        return caller
+
+    async def authorize(
+        self,
+        request: Request,
+        credentials: HTTPAuthorizationCredentials | None,
+        scope: str,
+    ) -> Caller:
+        found = await self.identify(credentials)
+        caller = found if isinstance(found, Caller) else None
+        if caller is None and not self.auth_required and credentials is None:
+            caller = DEFAULT_CALLER
+        if caller is not None and caller.authenticated:
+            identity = f"client:{caller.client_id}"
+        else:
+            identity = f"addr:{request.client.host if request.client else 'unknown'}"
+        quota = await self.limiter.check(
+            scope, identity, caller.rate_limit_per_minute if caller else None
+        )
+        if quota is not None:
+            request.scope.setdefault("state", {})[QUOTA_STATE_KEY] = quota
+        if caller is None:
+            raise UnauthenticatedError(str(found))
+        if scope not in caller.scopes:
+            raise ForbiddenError(
+                f"This API key lacks the {scope!r} scope "
+                f"(it has: {', '.join(sorted(caller.scopes))})."
+            )
+        request.scope.setdefault("state", {})[CALLER_STATE_KEY] = caller
+        set_caller(caller)
+        return caller
+
+
+def require_scope(scope: str) -> Callable[..., Awaitable[Caller]]:
+    """A dependency authorising `scope`; `Security(require_scope("read"))` on a route."""
+
+    async def dependency(
+        request: Request,
+        credentials: HTTPAuthorizationCredentials | None = Security(bearer),
+    ) -> Caller:
+        guard: Guard = request.app.state.guard
+        return await guard.authorize(request, credentials, scope)
+
+    dependency.__name__ = f"require_{scope}_scope"
+    dependency.required_scope = scope  # type: ignore[attr-defined]
+    return dependency
+
+
+_SCOPE_DEPENDENCIES = {scope: require_scope(scope) for scope in ("read", "charge", "refund")}
+RequireRead = Security(_SCOPE_DEPENDENCIES["read"])
+RequireCharge = Security(_SCOPE_DEPENDENCIES["charge"])
+RequireRefund = Security(_SCOPE_DEPENDENCIES["refund"])
+
+
+async def get_caller(request: Request) -> Caller:
+    """The caller a scope dependency of this route authorised (route deps run first)."""
+    caller = request.scope.get("state", {}).get(CALLER_STATE_KEY)
+    if caller is None:
+        raise RuntimeError("CallerDep on a route without RequireRead/RequireCharge/RequireRefund")
+    return caller
+
+
+def _required_scope(route: APIRoute) -> str | None:
+    pending = list(route.dependant.dependencies)
+    while pending:
+        dependant = pending.pop()
+        scope = getattr(dependant.call, "required_scope", None)
+        if scope is not None:
+            return scope
+        pending.extend(dependant.dependencies)
+    return None
+
+
+def document_scopes(router: APIRouter) -> None:
+    """Name each guarded operation's scope in OpenAPI (`x-required-scope`, 401/403).
+
+    Run on a module's router before it is included (FastAPI keeps included routers'
+    route objects, so this reaches the app's OpenAPI document).
+    """
+    for route in router.routes:
+        if not isinstance(route, APIRoute):
+            continue
+        scope = _required_scope(route)
+        if scope is None:
+            continue
+        extra: dict[str, Any] = dict(route.openapi_extra or {})
+        extra["x-required-scope"] = scope
+        route.openapi_extra = extra
+        route.responses.setdefault(
+            401, {"description": "Missing, unknown or revoked API key", **PROBLEM_SCHEMA}
+        )
+        route.responses.setdefault(
+            403, {"description": f"The API key lacks the {scope!r} scope", **PROBLEM_SCHEMA}
+        )
+        note = f"Requires an API key with the `{scope}` scope."
+        if note not in (route.description or ""):
+            route.description = f"{route.description}\n\n{note}".strip()
+
+
+class CallerContextMiddleware:
+    """Starts every request with no caller and forgets it afterwards.
+
+    In-process callers (tests over ASGITransport) run requests in one task; without
+    this, one request's caller would still be bound during the next.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        token = set_caller(None)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            reset_caller(token)
