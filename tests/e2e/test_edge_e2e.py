@@ -201,7 +201,11 @@ async def test_logs_hold_no_keys_sql_parameters_or_tokens(
     trip = 1_000_000 + int(marker[:6], 16)
 
     charge = {"idempotency_key": keys[0], "trip_id": trip, "method": "CARD"}
-    first = await api.post("/v1/payments/charge", json=charge, headers=auth)
+    # An unknown key is refused (the service runs with AUTH_REQUIRED=false, but a key that
+    # is sent is still checked): the refusal must not log the token either.
+    refused = await api.post("/v1/payments/charge", json=charge, headers=auth)
+    assert refused.status_code == 401, refused.text
+    first = await api.post("/v1/payments/charge", json=charge)
     assert first.status_code == 201, first.text
     assert (await api.post("/v1/payments/charge", json=charge)).status_code == 201  # replay
     reused = dict(charge, method="UPI")

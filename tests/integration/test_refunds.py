@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 
 import httpx
 import pytest
@@ -167,7 +167,7 @@ async def test_twenty_five_concurrent_partial_refunds_never_exceed_the_amount(
     """25 concurrent refunds, each of a fifth of the amount: at most 5 succeed, sum <= amount."""
     payment = await paid()
     amount = Decimal(str(payment["amount"]))
-    share = (amount / 5).quantize(Decimal("0.01"))
+    share = (amount / 5).quantize(Decimal("0.01"), rounding=ROUND_DOWN)
     responses = await asyncio.gather(
         *(
             money_client.post(
