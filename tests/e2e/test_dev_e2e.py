@@ -100,6 +100,44 @@ async def charge(dev: ServiceProcess, trip_id: int) -> httpx.Response:
         )
 
 
+# The seed document's examples, verbatim and in order (README "The seed document's examples").
+SEED_DOC_CHARGE = {
+    "idempotency_key": "seed-charge-trip-1",
+    "trip_id": 1,
+    "rider_id": 101,
+    "driver_id": 201,
+    "method": "CARD",
+}
+SEED_DOC_REFUND = {
+    "idempotency_key": "seed-refund-1",
+    "amount": 50.00,
+    "reason": "Customer complaint",
+}
+
+
+async def run_seed_document_examples(client: httpx.AsyncClient) -> None:
+    """Every line of the seed document succeeds on a fresh dev, in the document's order; the
+    OpenAPI request examples are those lines."""
+    schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
+    assert schemas["ChargeRequest"]["examples"] == [SEED_DOC_CHARGE]
+    assert schemas["RefundRequest"]["examples"] == [SEED_DOC_REFUND]
+    assert (await client.get("/health")).status_code == 200
+    assert (await client.get("/v1/payments")).status_code == 200
+    assert (await client.get("/v1/payments/1")).json()["status"] == "SUCCESS"
+    charged = await client.post("/v1/payments/charge", json=SEED_DOC_CHARGE)
+    assert charged.status_code == 201, charged.text
+    assert (charged.json()["trip_id"], charged.json()["rider_id"]) == (1, 101)
+    refunded = await client.post("/v1/payments/1/refund", json=SEED_DOC_REFUND)
+    assert refunded.status_code == 200, refunded.text
+    assert refunded.json()["status"] == "PARTIALLY_REFUNDED"
+    assert refunded.json()["remaining_refundable"] == 49.01
+    receipt = await client.get("/v1/payments/1/receipt")
+    assert receipt.status_code == 200 and len(receipt.json()["refunds"]) == 1
+    wrong_rider = dict(SEED_DOC_CHARGE, idempotency_key="seed-wrong-rider", trip_id=1001)
+    mismatch = await client.post("/v1/payments/charge", json=wrong_rider)
+    assert mismatch.status_code == 422 and "rider_id 101" in mismatch.json()["detail"]
+
+
 async def stop_with_sigint(dev: ServiceProcess, data_dir: Path) -> None:
     """Ctrl-C: the process exits 0 and takes its PostgreSQL down with it."""
     dev.send_signal(signal.SIGINT)
@@ -114,13 +152,15 @@ async def stop_with_sigint(dev: ServiceProcess, data_dir: Path) -> None:
 async def test_dev_serves_the_seed_api_and_stops_postgres_on_sigint(
     start_process: StartProcess, dev_data_dir: Path
 ) -> None:
-    """dev with nothing configured: health UP, seeded payments, a charge, the smoke script
-    passes; Ctrl-C stops everything, PostgreSQL included."""
+    """dev with nothing configured: the seed document's examples succeed in order, health UP,
+    seeded payments, a charge, the smoke script passes; Ctrl-C stops everything, PostgreSQL
+    included."""
     dev = await start_dev(start_process, dev_data_dir, "dev")
     assert "embedded PostgreSQL" in dev.log_text()
     assert postgres_processes(dev_data_dir), "no PostgreSQL on the data dir while dev runs"
 
     async with httpx.AsyncClient(base_url=dev.base_url, timeout=15) as client:
+        await run_seed_document_examples(client)
         health = (await client.get("/health")).json()
         assert health["status"] == "UP" and health["database_status"] == "UP"
         page = await client.get("/v1/payments?status=SUCCESS&limit=10")
