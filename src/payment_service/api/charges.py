@@ -24,6 +24,7 @@ router = APIRouter(prefix="/v1/payments", tags=["payments"], route_class=MoneyRo
 
 @router.post(
     "/charge",
+    operation_id="chargeTrip",
     status_code=201,
     response_model=ChargeResponse,
     summary="Charge a completed trip (idempotent)",

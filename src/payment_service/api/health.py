@@ -17,6 +17,7 @@ router = APIRouter(tags=["health"])
 
 @router.get(
     "/health",
+    operation_id="health",
     response_model=Health,
     summary="Service and database health (seed API)",
     responses={503: {"model": Health, "description": "The database is unreachable"}},
@@ -35,6 +36,7 @@ async def health(request: Request) -> MoneyJSONResponse:
 
 @router.get(
     "/health/live",
+    operation_id="liveness",
     summary="Liveness: the process answers",
     responses=problem_responses(500),
 )
@@ -44,6 +46,7 @@ async def live() -> dict[str, str]:
 
 @router.get(
     "/health/ready",
+    operation_id="readiness",
     response_model=Readiness,
     summary="Readiness: database reachable and schema at the Alembic head",
     responses={503: {"model": Readiness, "description": "Not ready"}, **problem_responses(500)},

@@ -27,6 +27,7 @@ PaymentId = Annotated[int, Path(gt=0, le=MAX_ID, description="Payment id")]
 
 @router.get(
     "",
+    operation_id="listPayments",
     response_model=PaymentList,
     summary="List payments, newest first",
     responses=problem_responses(422, 500),
@@ -57,6 +58,7 @@ async def list_payments(
 
 @router.get(
     "/{payment_id}",
+    operation_id="getPayment",
     response_model=PaymentRead,
     summary="Get one payment",
     responses=problem_responses(404, 422, 500),

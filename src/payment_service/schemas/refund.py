@@ -8,7 +8,7 @@ from decimal import Decimal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from payment_service.models.enums import PaymentStatus
-from payment_service.schemas.common import IdempotencyKeyStr, Money
+from payment_service.schemas.common import IdempotencyKeyStr, Money, MoneyInput
 
 
 class RefundRequest(BaseModel):
@@ -29,7 +29,7 @@ class RefundRequest(BaseModel):
     )
 
     idempotency_key: IdempotencyKeyStr | None = None
-    amount: Decimal | None = Field(
+    amount: MoneyInput | None = Field(
         None, description="> 0, at most 2 decimals; default: all that remains"
     )
     reason: str | None = Field(None, max_length=500)
