@@ -21,7 +21,11 @@ from payment_service.api.docs import install_docs
 from payment_service.db import create_engine, create_session_factory
 from payment_service.errors import install_error_handlers
 from payment_service.jsonutil import MoneyJSONResponse
-from payment_service.observability import RequestIdMiddleware, init_metric_series
+from payment_service.observability import (
+    HTTP_LATENCY_BUCKETS,
+    RequestIdMiddleware,
+    init_metric_series,
+)
 from payment_service.ratelimit import RateLimitMiddleware
 from payment_service.settings import ConfigurationError, Settings, load_settings
 
@@ -84,12 +88,13 @@ def create_app(settings: Settings | None = None, *, run_dispatcher: bool | None 
     # tests, would otherwise find the names taken and record nothing); business metrics
     # are process-wide. /metrics serves both.
     http_registry = CollectorRegistry(auto_describe=True)
+    # Exact status codes (`status="503"`), so alerts can tell a 503 outage from a 500 bug.
     Instrumentator(
-        should_group_status_codes=True,
+        should_group_status_codes=False,
         should_ignore_untemplated=True,
         excluded_handlers=["/metrics", "/static/.*"],
         registry=http_registry,
-    ).instrument(app)
+    ).instrument(app, latency_lowr_buckets=HTTP_LATENCY_BUCKETS)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
