@@ -10,7 +10,12 @@ from payment_service import SERVICE_NAME, __version__
 from payment_service.errors import problem_responses
 from payment_service.jsonutil import MoneyJSONResponse
 from payment_service.schemas.health import Health, Readiness
-from payment_service.services.health import database_is_up, expected_revision, schema_state
+from payment_service.services.health import (
+    database_is_up,
+    expected_revision,
+    not_ready_reason,
+    probe,
+)
 
 router = APIRouter(tags=["health"])
 
@@ -52,13 +57,15 @@ async def live() -> dict[str, str]:
     responses={503: {"model": Readiness, "description": "Not ready"}, **problem_responses(500)},
 )
 async def ready(request: Request) -> MoneyJSONResponse:
-    up, revision = await schema_state(request.app.state.engine)
+    state = await probe(request.app.state.engine)
     head = expected_revision()
-    is_ready = up and revision is not None and (head is None or revision == head)
+    reason = not_ready_reason(state, head)
+    is_ready = reason is None
     body = {
         "status": "UP" if is_ready else "DOWN",
-        "database_status": "UP" if up else "DOWN",
-        "schema_revision": revision,
+        "database_status": "UP" if state.up else "DOWN",
+        "schema_revision": state.revision,
         "expected_revision": head,
+        "reason": reason,
     }
     return MoneyJSONResponse(body, status_code=200 if is_ready else 503)
