@@ -59,6 +59,9 @@ BACKUP ?= $(shell ls -1t $(BACKUP_DIR)/*.dump 2>/dev/null | head -n 1)
 K8S_OVERLAY ?= minikube
 K8S_NAMESPACE ?= payments
 HEALTH_URL ?= http://localhost:$(PORT)/health
+# True when the overlay's secretGenerator reads secret.env itself (production); otherwise
+# (minikube) k8s-deploy creates the Secret from secret.env before applying.
+SECRET_ENV_GENERATED = grep -qE '^[[:space:]]*- secret\.env[[:space:]]*$$' k8s/overlays/$(K8S_OVERLAY)/kustomization.yaml
 
 define HEALTH_PY
 import sys, urllib.error, urllib.request
@@ -141,12 +144,20 @@ k8s-image: ## Build the image inside minikube (no local Docker needed)
 	minikube image build -t $(IMAGE) .
 
 k8s-deploy: require-kubectl ## kubectl apply -k k8s/overlays/<K8S_OVERLAY=minikube>; waits for the Job and the rollout
-	@if [ ! -f k8s/overlays/$(K8S_OVERLAY)/secret.env ]; then \
-	  if ! grep -q 'secret.env' k8s/overlays/$(K8S_OVERLAY)/kustomization.yaml; then :; \
-	  elif [ "$(K8S_OVERLAY)" = minikube ]; then \
-	    umask 077; echo "DB_PASS=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(24))')" > k8s/overlays/minikube/secret.env; \
-	    echo "wrote k8s/overlays/minikube/secret.env with a random DB_PASS"; \
-	  else echo "error: k8s/overlays/$(K8S_OVERLAY)/secret.env is missing: copy secret.env.example and set DB_PASS" >&2; exit 1; fi; \
+	@secret=k8s/overlays/$(K8S_OVERLAY)/secret.env; \
+	if [ ! -f $$secret ]; then \
+	  if [ "$(K8S_OVERLAY)" = minikube ]; then \
+	    umask 077; echo "DB_PASS=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(24))')" > $$secret; \
+	    echo "wrote $$secret with a random DB_PASS (git-ignored)"; \
+	  elif $(SECRET_ENV_GENERATED); then \
+	    echo "error: $$secret is missing: copy secret.env.example and set DB_PASS" >&2; exit 1; \
+	  fi; \
+	fi; \
+	if [ -f $$secret ] && ! $(SECRET_ENV_GENERATED); then \
+	  echo "creating Secret payment-service-db in namespace $(K8S_NAMESPACE) from $$secret"; \
+	  $(KUBECTL) create namespace $(K8S_NAMESPACE) --dry-run=client -o yaml | $(KUBECTL) apply -f - >/dev/null; \
+	  $(KUBECTL) -n $(K8S_NAMESPACE) create secret generic payment-service-db --from-env-file=$$secret \
+	    --dry-run=client -o yaml | $(KUBECTL) apply -f -; \
 	fi
 	$(KUBECTL) -n $(K8S_NAMESPACE) delete job payment-service-migrate --ignore-not-found
 	$(KUBECTL) apply -k k8s/overlays/$(K8S_OVERLAY)
