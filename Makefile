@@ -7,6 +7,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8082
+# Ports of `make run`'s sandbox peers (payment-service dev --trip-port ... --control-port).
+TRIP_PORT ?= 8081
+NOTIFICATION_PORT ?= 8084
+CONTROL_PORT ?= 8085
 
 .DEFAULT_GOAL := help
 
@@ -23,8 +27,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## Create .venv and install the project with its dev tools
 
-run: $(STAMP) ## Run everything locally: embedded PostgreSQL, migrations, seed, sandbox peers, API on :8082
-	$(BIN)/payment-service dev --port $(PORT)
+run: $(STAMP) ## Run everything locally: embedded PostgreSQL, seed, sandbox peers, API on :8082 (PORT, TRIP_PORT, NOTIFICATION_PORT, CONTROL_PORT)
+	$(BIN)/payment-service dev --port $(PORT) --trip-port $(TRIP_PORT) \
+		--notification-port $(NOTIFICATION_PORT) --control-port $(CONTROL_PORT)
 
 test: $(STAMP) ## Run the whole test suite (TEST_DATABASE_URL, else an embedded PostgreSQL)
 	@bash scripts/ci-tools.sh || echo "warning: kubectl/promtool could not be installed; their checks skip here (CI installs them)" >&2
