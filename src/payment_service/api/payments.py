@@ -22,7 +22,7 @@ from payment_service.services import payments as payment_service
 
 router = APIRouter(prefix="/v1/payments", tags=["payments"], route_class=MoneyRoute)
 
-PaymentId = Annotated[int, Path(gt=0, le=MAX_ID, description="Payment id")]
+PaymentId = Annotated[int, Path(gt=0, le=MAX_ID, description="Payment id", examples=[1])]
 
 
 @router.get(
