@@ -174,7 +174,8 @@ async def test_problem_catalogue_serves_every_type(client: httpx.AsyncClient) ->
     assert {p["slug"] for p in types} == set(catalogue())
     assert {"payment-not-found", "validation-error", "trip-mismatch"} <= {p["slug"] for p in types}
     for problem in types:
-        assert problem["description"] and problem["type"] == f"/problems/{problem['slug']}"
+        assert problem["description"] != problem["title"], f"{problem['slug']}: no description"
+        assert problem["type"] == f"/problems/{problem['slug']}"
         described = await client.get(problem["type"])
         assert described.status_code == 200 and described.json() == problem
     page = await client.get("/problems/trip-mismatch", headers={"Accept": "text/html"})
