@@ -251,6 +251,10 @@ async def test_every_response_of_a_scenario_validates_against_the_document(
     invalid = await api.get("/v1/payments", params={"limit": 0})
     assert invalid.status_code == 422
     contract.check("get", "/v1/payments", invalid)
+    wrong_rider = dict(charge, idempotency_key=f"contract-rider-{trip_id}", trip_id=new_trip_id())
+    mismatch = await api.post("/v1/payments/charge", json=dict(wrong_rider, rider_id=10**12))
+    assert mismatch.status_code == 422 and mismatch.json()["type"] == "/problems/trip-mismatch"
+    contract.check("post", "/v1/payments/charge", mismatch)
     paid_again = await api.post(
         "/v1/payments/charge", json=dict(charge, idempotency_key=f"contract-again-{trip_id}")
     )

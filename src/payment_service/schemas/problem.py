@@ -6,10 +6,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class FieldError(BaseModel):
+    """One field's error; request validation also names where and what kind it is."""
+
+    model_config = ConfigDict(extra="allow")
+
     field: str = Field(description="Dotted path of the offending field, e.g. `trip_id`")
-    location: str = Field(description="`body`, `query`, `path` or `header`")
     message: str
-    type: str = Field(description="Machine-readable error kind, e.g. `missing`")
+    location: str | None = Field(None, description="`body`, `query`, `path` or `header`")
+    type: str | None = Field(None, description="Machine-readable error kind, e.g. `missing`")
 
 
 class Problem(BaseModel):
