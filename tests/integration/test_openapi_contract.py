@@ -195,8 +195,9 @@ async def test_every_response_of_a_scenario_validates_against_the_document(
     new_trip_id: Callable[[], int],
     seeded: object,
 ) -> None:
-    """List, get, charge 201 and 202, refund, refunds, receipts, 404, 422 and 409 answers are
-    valid against their documented schema (jsonschema, the document's own components)."""
+    """List, get, charge 201 and 202 (pending, declined), refund, refunds, receipts, 400, 404,
+    409 and 422 answers are valid against their documented schema (jsonschema, the
+    document's own components)."""
     api = money_client
     contract.check("get", "/v1/payments", await api.get("/v1/payments", params={"limit": 5}))
     contract.check("get", "/v1/payments/{payment_id}", await api.get("/v1/payments/1"))
@@ -266,6 +267,36 @@ async def test_every_response_of_a_scenario_validates_against_the_document(
     )
     assert not_refundable.status_code == 409
     contract.check("post", refund_path, not_refundable)
+
+    too_much = await api.post(
+        f"/v1/payments/{payment_id}/refund",
+        json={"idempotency_key": f"contract-refund-big-{trip_id}", "amount": 100000},
+    )
+    assert too_much.status_code == 422
+    contract.check("post", refund_path, too_much)
+    no_key = await api.post("/v1/payments/charge", json={"trip_id": trip_id, "method": "CARD"})
+    assert no_key.status_code == 400
+    contract.check("post", "/v1/payments/charge", no_key)
+    malformed = await api.post(
+        "/v1/payments/charge", content=b'{"trip_id": ', headers={"Content-Type": "application/json"}
+    )
+    assert malformed.status_code == 400
+    contract.check("post", "/v1/payments/charge", malformed)
+    declined_trip = new_trip_id()
+    declined = await api.post(
+        "/v1/payments/charge",
+        json={
+            "idempotency_key": f"contract-{declined_trip}",
+            "trip_id": declined_trip,
+            "method": "CARD",
+            "metadata": {"simulate": "decline"},
+        },
+    )
+    assert (declined.status_code, declined.json()["status"]) == (202, "FAILED")
+    contract.check("post", "/v1/payments/charge", declined)
+    missing_html = await api.get("/v1/payments/987654321/receipt.html")
+    assert missing_html.status_code == 404
+    contract.check("get", "/v1/payments/{payment_id}/receipt.html", missing_html)
 
 
 async def test_fractional_amounts_validate(peers: Sandbox, contract: Contract) -> None:
