@@ -193,10 +193,11 @@ async def test_every_response_of_a_scenario_validates_against_the_document(
     money_client: httpx.AsyncClient,
     contract: Contract,
     new_trip_id: Callable[[], int],
+    peers: Sandbox,
     seeded: object,
 ) -> None:
     """List, get, charge 201 and 202 (pending, declined), refund, refunds, receipts, 400, 404,
-    409 and 422 answers are valid against their documented schema (jsonschema, the
+    409, 422 and 503 answers are valid against their documented schema (jsonschema, the
     document's own components)."""
     api = money_client
     contract.check("get", "/v1/payments", await api.get("/v1/payments", params={"limit": 5}))
@@ -294,6 +295,14 @@ async def test_every_response_of_a_scenario_validates_against_the_document(
     )
     assert (declined.status_code, declined.json()["status"]) == (202, "FAILED")
     contract.check("post", "/v1/payments/charge", declined)
+    await peers.set_fault("trip", "down")
+    unavailable = await api.post(
+        "/v1/payments/charge",
+        json=dict(charge, idempotency_key="contract-down", trip_id=new_trip_id()),
+    )
+    await peers.set_fault("trip", "up")
+    assert unavailable.status_code == 503 and unavailable.headers["Retry-After"]
+    contract.check("post", "/v1/payments/charge", unavailable)
     missing_html = await api.get("/v1/payments/987654321/receipt.html")
     assert missing_html.status_code == 404
     contract.check("get", "/v1/payments/{payment_id}/receipt.html", missing_html)
