@@ -215,19 +215,28 @@ def random_surge(rng: random.Random) -> Decimal:
     return rng.choices(SURGES, weights=SURGE_WEIGHTS)[0]
 
 
+def paid_trip_row(trip_id: int, total: Decimal, rng: random.Random) -> list[str]:
+    # Pick a surge that gives a plausible distance, then derive the distance from the fare.
+    candidates = [
+        s for s in SURGES if Decimal("0.5") <= (total / s - BASE_FARE) / RATE_PER_KM <= 60
+    ]
+    weights = [SURGE_WEIGHTS[SURGES.index(s)] for s in candidates]
+    surge = rng.choices(candidates, weights=weights)[0]
+    distance = ((total / surge - BASE_FARE) / RATE_PER_KM).quantize(Decimal("0.1"))
+    return trip_row(trip_id, rng, "COMPLETED", distance, BASE_FARE, surge, total)
+
+
 def make_trips(rng: random.Random, payments: list[Payment]) -> list[list[str]]:
+    fares = paid_trip_fare(payments)
+    payment_1_fare = fares.pop(PAYMENT_1_TRIP)
+    # Trip 1 was paid before payment 1 moved to trip 336: it still takes the draws of
+    # that row (discarded) and trip 336 draws last, so every other row stays as it was.
+    paid_trip_row(1, Decimal("99.01"), rng)
     trip_id, rider_id, driver_id, distance, surge, total = SEED_DOC_TRIP
     row = [trip_id, rider_id, driver_id, "COMPLETED", distance, BASE_FARE, surge, total]
     rows: list[list[str]] = [[str(value) for value in row]]
-    for trip_id, total in sorted(paid_trip_fare(payments).items()):
-        # Pick a surge that gives a plausible distance, then derive the distance from the fare.
-        candidates = [
-            s for s in SURGES if Decimal("0.5") <= (total / s - BASE_FARE) / RATE_PER_KM <= 60
-        ]
-        weights = [SURGE_WEIGHTS[SURGES.index(s)] for s in candidates]
-        surge = rng.choices(candidates, weights=weights)[0]
-        distance = ((total / surge - BASE_FARE) / RATE_PER_KM).quantize(Decimal("0.1"))
-        rows.append(trip_row(trip_id, rng, "COMPLETED", distance, BASE_FARE, surge, total))
+    for trip_id, total in sorted(fares.items()):
+        rows.append(paid_trip_row(trip_id, total, rng))
 
     for trip_id in UNPAID_WITH_FARE:
         distance, surge = random_distance(rng), random_surge(rng)
@@ -243,7 +252,8 @@ def make_trips(rng: random.Random, payments: list[Payment]) -> list[list[str]]:
         for trip_id in ids:
             distance, surge = random_distance(rng), random_surge(rng)
             rows.append(trip_row(trip_id, rng, status, distance, BASE_FARE, surge, None))
-    return rows
+    rows.append(paid_trip_row(PAYMENT_1_TRIP, payment_1_fare, rng))
+    return sorted(rows, key=lambda row: int(row[0]))
 
 
 def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
