@@ -17,6 +17,7 @@ from fastapi import APIRouter, Header
 from fastapi import Path as PathParam
 from starlette.responses import HTMLResponse, Response
 
+from payment_service.api.receipts import HTML, preferred_media_type
 from payment_service.errors import (
     PROBLEM_BASE,
     NotFoundError,
@@ -174,8 +175,6 @@ async def get_problem_type(
     slug: Annotated[str, PathParam(max_length=64, examples=["payment-not-found"])],
     accept: Annotated[str | None, Header(description="`text/html` for a page")] = None,
 ) -> Response:
-    from payment_service.api.receipts import HTML, preferred_media_type
-
     problem = catalogue().get(slug)
     if problem is None:
         raise ProblemTypeNotFoundError(f"No problem type {slug!r}; GET /problems lists them.")
