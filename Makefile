@@ -7,6 +7,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8082
+# Ports of `make run`'s sandbox peers (payment-service dev --trip-port ... --control-port).
+TRIP_PORT ?= 8081
+NOTIFICATION_PORT ?= 8084
+CONTROL_PORT ?= 8085
 
 .DEFAULT_GOAL := help
 
@@ -23,8 +27,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## Create .venv and install the project with its dev tools
 
-run: $(STAMP) ## Run everything locally: embedded PostgreSQL, migrations, seed, sandbox peers, API on :8082
-	$(BIN)/payment-service dev --port $(PORT)
+run: $(STAMP) ## Run everything locally: embedded PostgreSQL, seed, sandbox peers, API on :8082 (PORT, TRIP_PORT, NOTIFICATION_PORT, CONTROL_PORT)
+	$(BIN)/payment-service dev --port $(PORT) --trip-port $(TRIP_PORT) \
+		--notification-port $(NOTIFICATION_PORT) --control-port $(CONTROL_PORT)
 
 test: $(STAMP) ## Run the whole test suite (TEST_DATABASE_URL, else an embedded PostgreSQL)
 	@bash scripts/ci-tools.sh || echo "warning: kubectl/promtool could not be installed; their checks skip here (CI installs them)" >&2
@@ -59,6 +64,9 @@ BACKUP ?= $(shell ls -1t $(BACKUP_DIR)/*.dump 2>/dev/null | head -n 1)
 K8S_OVERLAY ?= minikube
 K8S_NAMESPACE ?= payments
 HEALTH_URL ?= http://localhost:$(PORT)/health
+# True when the overlay's secretGenerator reads secret.env itself (production); otherwise
+# (minikube) k8s-deploy creates the Secret from secret.env before applying.
+SECRET_ENV_GENERATED = grep -qE '^[[:space:]]*- secret\.env[[:space:]]*$$' k8s/overlays/$(K8S_OVERLAY)/kustomization.yaml
 
 define HEALTH_PY
 import sys, urllib.error, urllib.request
@@ -141,12 +149,20 @@ k8s-image: ## Build the image inside minikube (no local Docker needed)
 	minikube image build -t $(IMAGE) .
 
 k8s-deploy: require-kubectl ## kubectl apply -k k8s/overlays/<K8S_OVERLAY=minikube>; waits for the Job and the rollout
-	@if [ ! -f k8s/overlays/$(K8S_OVERLAY)/secret.env ]; then \
-	  if ! grep -q 'secret.env' k8s/overlays/$(K8S_OVERLAY)/kustomization.yaml; then :; \
-	  elif [ "$(K8S_OVERLAY)" = minikube ]; then \
-	    umask 077; echo "DB_PASS=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(24))')" > k8s/overlays/minikube/secret.env; \
-	    echo "wrote k8s/overlays/minikube/secret.env with a random DB_PASS"; \
-	  else echo "error: k8s/overlays/$(K8S_OVERLAY)/secret.env is missing: copy secret.env.example and set DB_PASS" >&2; exit 1; fi; \
+	@secret=k8s/overlays/$(K8S_OVERLAY)/secret.env; \
+	if [ ! -f $$secret ]; then \
+	  if [ "$(K8S_OVERLAY)" = minikube ]; then \
+	    umask 077; echo "DB_PASS=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(24))')" > $$secret; \
+	    echo "wrote $$secret with a random DB_PASS (git-ignored)"; \
+	  elif $(SECRET_ENV_GENERATED); then \
+	    echo "error: $$secret is missing: copy secret.env.example and set DB_PASS" >&2; exit 1; \
+	  fi; \
+	fi; \
+	if [ -f $$secret ] && ! $(SECRET_ENV_GENERATED); then \
+	  echo "creating Secret payment-service-db in namespace $(K8S_NAMESPACE) from $$secret"; \
+	  $(KUBECTL) create namespace $(K8S_NAMESPACE) --dry-run=client -o yaml | $(KUBECTL) apply -f - >/dev/null; \
+	  $(KUBECTL) -n $(K8S_NAMESPACE) create secret generic payment-service-db --from-env-file=$$secret \
+	    --dry-run=client -o yaml | $(KUBECTL) apply -f -; \
 	fi
 	$(KUBECTL) -n $(K8S_NAMESPACE) delete job payment-service-migrate --ignore-not-found
 	$(KUBECTL) apply -k k8s/overlays/$(K8S_OVERLAY)

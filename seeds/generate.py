@@ -11,17 +11,20 @@ rewrites both files byte-identically every time.
 
 Payments (``rhfd_payments.csv``, 350 rows, same columns and value ranges as upstream):
 
-* payment ids 1..335 are first attempts, one per trip, with ``payment_id == trip_id``;
+* payment ids 2..335 are first attempts, one per trip, with ``payment_id == trip_id``;
+* payment 1 is ``1,336,99.01,CARD,SUCCESS,...``: the seed document refunds 50.00 of
+  payment 1 and charges trip 1, so payment 1 must be refundable and trip 1 unpaid;
 * payment ids 336..350 are retries: each belongs to a trip whose first attempt FAILED
   and is a later SUCCESS or PENDING payment for the same amount (a trip has at most
   one payment whose status is not FAILED);
 * status counts: 71 SUCCESS, 145 FAILED, 134 PENDING (as upstream);
-* payment 1 is ``1,1,99.01,CARD,FAILED,...`` (checked by the acceptance test);
 * CASH only appears on SUCCESS payments (the gateway simulator never fails cash).
 
 Trips (``rhfd_trips.csv``, served by the sandbox Trip service), by id range:
 
-* 1..335      COMPLETED, paid: ``total_fare`` equals the amount of the trip's payment;
+* 1           COMPLETED, unpaid, rider 101, driver 201, ``total_fare`` 99.01: the trip the
+  seed document charges (``{"trip_id": 1, "rider_id": 101, "driver_id": 201, ...}``);
+* 2..336      COMPLETED, paid: ``total_fare`` equals the amount of the trip's payment;
 * 1001..1200  COMPLETED, unpaid, with ``total_fare`` (computed with the trip's own
   ``base_fare``, which is not always 5.00, so ``total_fare`` must win);
 * 1201..1300  COMPLETED, unpaid, empty ``total_fare`` and ``base_fare`` 5.00: the
@@ -58,8 +61,11 @@ TRIP_HEADER = [
 
 PAID_TRIPS = 335
 RETRIES = 15
-# Status counts of the first attempts (trip 1's FAILED payment included) and the retries.
+# Status counts of the first attempts (payment 1's SUCCESS included) and the retries.
 FIRST_ATTEMPT_STATUSES = {"SUCCESS": 61, "FAILED": 145, "PENDING": 129}
+# The seed document's examples: charge trip 1 for rider 101 / driver 201, refund payment 1.
+SEED_DOC_TRIP = (1, 101, 201, Decimal("37.6"), Decimal("1.0"), Decimal("99.01"))
+PAYMENT_1_TRIP = PAID_TRIPS + 1
 RETRY_STATUSES = {"SUCCESS": 10, "PENDING": 5}
 
 UNPAID_WITH_FARE = range(1001, 1201)
@@ -137,29 +143,29 @@ def expand(counts: dict[str, int]) -> list[str]:
 
 def make_payments(rng: random.Random) -> list[Payment]:
     statuses = expand(FIRST_ATTEMPT_STATUSES)
-    statuses.remove("FAILED")  # trip 1's payment is fixed below
+    statuses.remove("SUCCESS")  # payment 1 is fixed below
     rng.shuffle(statuses)
-    statuses.insert(0, "FAILED")
+    statuses.insert(0, "SUCCESS")
 
     used: set[str] = set()
     payments: list[Payment] = []
-    for trip_id, status in enumerate(statuses, start=1):
+    for payment_id, status in enumerate(statuses, start=1):
         when = random_time(rng)
-        if trip_id == 1:
-            amount, method = Decimal("99.01"), "CARD"
+        if payment_id == 1:
+            trip_id, amount, method = PAYMENT_1_TRIP, Decimal("99.01"), "CARD"
         else:
-            amount, method = random_amount(rng), random_method(rng, status)
+            trip_id, amount, method = payment_id, random_amount(rng), random_method(rng, status)
         ref = new_reference(rng, when, used)
-        payments.append(Payment(trip_id, trip_id, amount, method, status, ref, when))
+        payments.append(Payment(payment_id, trip_id, amount, method, status, ref, when))
 
-    failed_trips = [p.trip_id for p in payments if p.status == "FAILED" and p.trip_id != 1]
+    failed_trips = [p.trip_id for p in payments if p.status == "FAILED"]
     retried = sorted(rng.sample(failed_trips, RETRIES))
     retry_statuses = expand(RETRY_STATUSES)
     rng.shuffle(retry_statuses)
     for payment_id, (trip_id, status) in enumerate(
         zip(retried, retry_statuses, strict=True), start=PAID_TRIPS + 1
     ):
-        first = payments[trip_id - 1]
+        first = payments[trip_id - 1]  # trip_id == payment_id for every FAILED first attempt
         when = first.created_at + timedelta(seconds=rng.randint(120, 3 * 3600))
         ref = new_reference(rng, when, used)
         method = random_method(rng, status)
@@ -209,17 +215,28 @@ def random_surge(rng: random.Random) -> Decimal:
     return rng.choices(SURGES, weights=SURGE_WEIGHTS)[0]
 
 
+def paid_trip_row(trip_id: int, total: Decimal, rng: random.Random) -> list[str]:
+    # Pick a surge that gives a plausible distance, then derive the distance from the fare.
+    candidates = [
+        s for s in SURGES if Decimal("0.5") <= (total / s - BASE_FARE) / RATE_PER_KM <= 60
+    ]
+    weights = [SURGE_WEIGHTS[SURGES.index(s)] for s in candidates]
+    surge = rng.choices(candidates, weights=weights)[0]
+    distance = ((total / surge - BASE_FARE) / RATE_PER_KM).quantize(Decimal("0.1"))
+    return trip_row(trip_id, rng, "COMPLETED", distance, BASE_FARE, surge, total)
+
+
 def make_trips(rng: random.Random, payments: list[Payment]) -> list[list[str]]:
-    rows: list[list[str]] = []
-    for trip_id, total in sorted(paid_trip_fare(payments).items()):
-        # Pick a surge that gives a plausible distance, then derive the distance from the fare.
-        candidates = [
-            s for s in SURGES if Decimal("0.5") <= (total / s - BASE_FARE) / RATE_PER_KM <= 60
-        ]
-        weights = [SURGE_WEIGHTS[SURGES.index(s)] for s in candidates]
-        surge = rng.choices(candidates, weights=weights)[0]
-        distance = ((total / surge - BASE_FARE) / RATE_PER_KM).quantize(Decimal("0.1"))
-        rows.append(trip_row(trip_id, rng, "COMPLETED", distance, BASE_FARE, surge, total))
+    fares = paid_trip_fare(payments)
+    payment_1_fare = fares.pop(PAYMENT_1_TRIP)
+    # Trip 1 was paid before payment 1 moved to trip 336: it still takes the draws of
+    # that row (discarded) and trip 336 draws last, so every other row stays as it was.
+    paid_trip_row(1, Decimal("99.01"), rng)
+    trip_id, rider_id, driver_id, distance, surge, total = SEED_DOC_TRIP
+    row = [trip_id, rider_id, driver_id, "COMPLETED", distance, BASE_FARE, surge, total]
+    rows: list[list[str]] = [[str(value) for value in row]]
+    for trip_id, total in sorted(fares.items()):
+        rows.append(paid_trip_row(trip_id, total, rng))
 
     for trip_id in UNPAID_WITH_FARE:
         distance, surge = random_distance(rng), random_surge(rng)
@@ -235,7 +252,8 @@ def make_trips(rng: random.Random, payments: list[Payment]) -> list[list[str]]:
         for trip_id in ids:
             distance, surge = random_distance(rng), random_surge(rng)
             rows.append(trip_row(trip_id, rng, status, distance, BASE_FARE, surge, None))
-    return rows
+    rows.append(paid_trip_row(PAYMENT_1_TRIP, payment_1_fare, rng))
+    return sorted(rows, key=lambda row: int(row[0]))
 
 
 def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:

@@ -7,7 +7,7 @@ outbox dispatcher; requests borrow them through `dependencies.py`.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
@@ -15,10 +15,9 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
-    Counter,
     generate_latest,
 )
-from prometheus_fastapi_instrumentator import Instrumentator, metrics
+from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.responses import Response
 
 from payment_service import __version__
@@ -30,7 +29,11 @@ from payment_service.db import create_engine, create_session_factory
 from payment_service.edge import RequestLimitsMiddleware, ResponseHeadersMiddleware
 from payment_service.errors import install_error_handlers
 from payment_service.jsonutil import MoneyJSONResponse
-from payment_service.observability import RequestIdMiddleware, init_metric_series
+from payment_service.observability import (
+    HTTP_LATENCY_BUCKETS,
+    RequestIdMiddleware,
+    init_metric_series,
+)
 from payment_service.ratelimit import RateLimiter, RateLimitHeadersMiddleware
 from payment_service.settings import ConfigurationError, Settings, load_settings
 
@@ -114,12 +117,13 @@ def create_app(
     # tests, would otherwise find the names taken and record nothing); business metrics
     # are process-wide. /metrics serves both.
     http_registry = CollectorRegistry(auto_describe=True)
+    # Exact status codes (`status="503"`), so alerts can tell a 503 outage from a 500 bug.
     Instrumentator(
-        should_group_status_codes=True,
+        should_group_status_codes=False,
         should_ignore_untemplated=True,
         excluded_handlers=["/metrics", "/static/.*"],
         registry=http_registry,
-    ).add(_exact_status_counter(http_registry)).instrument(app)
+    ).instrument(app, latency_lowr_buckets=HTTP_LATENCY_BUCKETS)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
@@ -141,23 +145,3 @@ def create_app(
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(ResponseHeadersMiddleware)
     return app
-
-
-def _exact_status_counter(registry: CollectorRegistry) -> Callable[[metrics.Info], Awaitable[None]]:
-    """`http_responses_total{handler,method,status}` with the exact code (e.g. 429, 401).
-
-    `http_requests_total` keeps status classes (2xx, 4xx, ...) for the dashboards and
-    alerts; this one tells a rate-limited client from a bad request.
-    """
-    counter = Counter(
-        "http_responses",
-        "Responses by handler, method and exact status code.",
-        ["handler", "method", "status"],
-        registry=registry,
-    )
-
-    async def instrumentation(info: metrics.Info) -> None:
-        if info.response is not None:
-            counter.labels(info.modified_handler, info.method, str(info.response.status_code)).inc()
-
-    return instrumentation

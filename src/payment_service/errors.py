@@ -20,7 +20,8 @@ from payment_service.jsonutil import dumps
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
-PROBLEM_BASE = "https://payment-service.dev/problems/"
+# Problem types are served by this service (GET /problems/<slug>, api/problems.py).
+PROBLEM_BASE = "/problems/"
 
 
 class PaymentServiceError(Exception):
@@ -303,23 +304,9 @@ def internal_error_response(path: str) -> Response:
     )
 
 
+# One shared component, added to the document by api/docs.py (schemas/problem.py).
 PROBLEM_SCHEMA: dict[str, Any] = {
-    "content": {
-        PROBLEM_JSON: {
-            "schema": {
-                "type": "object",
-                "required": ["type", "title", "status", "detail"],
-                "properties": {
-                    "type": {"type": "string"},
-                    "title": {"type": "string"},
-                    "status": {"type": "integer"},
-                    "detail": {"type": "string"},
-                    "instance": {"type": "string"},
-                    "errors": {"type": "array", "items": {"type": "object"}},
-                },
-            }
-        }
-    }
+    "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
 }
 
 

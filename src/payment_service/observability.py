@@ -144,6 +144,11 @@ def mask_key(key: str) -> str:
     return key[:4] + "…" if len(key) > 4 else "…"
 
 
+# Buckets of http_request_duration_seconds (by handler): 5 ms to 10 s, so that the p99
+# alert's 1 s threshold and the dashboard's p50 fall between real bucket bounds (the
+# instrumentator's default is only 0.1, 0.5, 1). alerts.test.yml uses these `le` values.
+HTTP_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
 # Business metrics (SPEC §7). Label sets are fixed, so series exist from the start.
 PAYMENTS = Counter(
     "payments", "Charges recorded, by method and resulting status", ["method", "status"]
@@ -164,7 +169,7 @@ TRIP_SERVICE_REQUESTS = Counter(
 TRIP_SERVICE_LATENCY = Histogram(
     "trip_service_request_duration_seconds",
     "Trip service lookup latency (all attempts)",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    buckets=HTTP_LATENCY_BUCKETS,
 )
 OUTBOX_PENDING = Gauge("outbox_pending", "Outbox messages waiting for delivery")
 OUTBOX_DELIVERY_FAILURES = Counter(

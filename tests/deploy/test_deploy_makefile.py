@@ -164,6 +164,17 @@ def test_targets_run_the_documented_commands(target: str, expected: str) -> None
     assert expected in result.stdout, result.stdout + result.stderr
 
 
+def test_run_passes_the_sandbox_ports_to_dev() -> None:
+    """`make run TRIP_PORT=... NOTIFICATION_PORT=... CONTROL_PORT=...` hands them to
+    `payment-service dev`, whose defaults (8081/8084/8085) stay the Makefile's."""
+    ports = ("PORT=9182", "TRIP_PORT=9181", "NOTIFICATION_PORT=9184", "CONTROL_PORT=9185")
+    command = " ".join(make("-n", "run", *ports).stdout.replace("\\\n", " ").split())
+    assert "payment-service dev --port 9182 --trip-port 9181" in command, command
+    assert "--notification-port 9184 --control-port 9185" in command, command
+    defaults = " ".join(make("-n", "run").stdout.replace("\\\n", " ").split())
+    assert "--trip-port 8081 --notification-port 8084 --control-port 8085" in defaults
+
+
 # --- backup and restore, for real ------------------------------------------------
 
 

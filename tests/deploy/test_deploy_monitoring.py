@@ -31,17 +31,24 @@ PROVISIONING = MONITORING / "grafana" / "provisioning"
 JOB = "payment-service"
 # Labels Prometheus adds at scrape time, not the service.
 TARGET_LABELS = {"job", "instance", "service", "namespace", "pod"}
-# prometheus-fastapi-instrumentator groups status codes.
-STATUS_CLASSES = {"1xx", "2xx", "3xx", "4xx", "5xx"}
+# Series Prometheus makes itself for every target (never on a /metrics page).
+PROMETHEUS_SERIES = {"up"}
+# Exact status codes (should_group_status_codes=False): what `status=~"5.."` may match.
+HTTP_STATUS_CODES = {str(code) for code in range(100, 600)}
+ALERT_TESTS = PROMETHEUS / "alerts.test.yml"
 
 # What prometheus_client prints for the service's metrics contract (SPEC §7).
 CONTRACT_SAMPLE = """\
 # HELP http_requests_total Total number of requests by method, status and handler.
 # TYPE http_requests_total counter
-http_requests_total{handler="/health",method="GET",status="2xx"} 1.0
+http_requests_total{handler="/health",method="GET",status="200"} 1.0
 # HELP http_request_duration_seconds Latency with only few buckets by handler.
 # TYPE http_request_duration_seconds histogram
-http_request_duration_seconds_bucket{handler="/health",le="0.1",method="GET"} 1.0
+http_request_duration_seconds_bucket{handler="/health",le="0.005",method="GET"} 1.0
+http_request_duration_seconds_bucket{handler="/health",le="0.5",method="GET"} 1.0
+http_request_duration_seconds_bucket{handler="/health",le="1.0",method="GET"} 1.0
+http_request_duration_seconds_bucket{handler="/health",le="2.5",method="GET"} 1.0
+http_request_duration_seconds_bucket{handler="/health",le="10.0",method="GET"} 1.0
 http_request_duration_seconds_bucket{handler="/health",le="+Inf",method="GET"} 1.0
 http_request_duration_seconds_count{handler="/health",method="GET"} 1.0
 http_request_duration_seconds_sum{handler="/health",method="GET"} 0.004
@@ -63,6 +70,7 @@ idempotent_replays_total{operation="charge"} 0.0
 # HELP trip_service_requests_total Trip service lookups by outcome
 # TYPE trip_service_requests_total counter
 trip_service_requests_total{outcome="found"} 0.0
+trip_service_requests_total{outcome="not_found"} 0.0
 trip_service_requests_total{outcome="unavailable"} 0.0
 trip_service_requests_total{outcome="invalid"} 0.0
 # HELP trip_service_request_duration_seconds Trip service lookup latency
@@ -99,10 +107,27 @@ def promtool(*args: str, cwd: Path = PROMETHEUS) -> None:
     assert run.returncode == 0, run.stdout + run.stderr
 
 
+def _exported_values(exposition: Exposition, metric: str, label: str) -> set[str]:
+    """Values `label` may take on `metric`: those scraped, or any status code for `status`
+    (a healthy scrape has no 5xx yet; the instrumentator writes exact codes)."""
+    if metric == "http_requests_total" and label == "status":
+        return HTTP_STATUS_CODES
+    return {sample[label] for sample in exposition.samples.get(metric, []) if label in sample}
+
+
+def _missing_values(values: set[str], op: str, value: str) -> list[str]:
+    if op == "=":
+        return [] if value in values else [value]
+    if op == "=~":
+        return [] if any(re.fullmatch(value, v) for v in values) else [value]
+    return []
+
+
 def unexported(exposition: Exposition) -> list[str]:
-    """Queries naming a metric, or a label, the exposition does not offer."""
+    """Queries naming a metric, a label or a label value (a `le` bucket, a status code) the
+    exposition does not offer."""
     problems = []
-    exported = exposition.names
+    exported = exposition.names | PROMETHEUS_SERIES
     for where, expr in all_queries():
         for name in sorted(promql_metric_names(expr) - exported):
             problems.append(f"{where}: metric {name} is not exported")
@@ -112,13 +137,43 @@ def unexported(exposition: Exposition) -> list[str]:
                 continue
             if not any(label in sample for sample in seen):
                 problems.append(f"{where}: {metric} has no label {label}")
-            elif op in {"=", "=~"}:
-                values = {sample.get(label) for sample in seen}
-                if metric == "http_requests_total" and label == "status":
-                    values = STATUS_CLASSES
-                for wanted in value.split("|") if op == "=~" else [value]:
-                    if wanted not in values:
-                        problems.append(f"{where}: {metric}{{{label}={wanted!r}}} never exported")
+                continue
+            values = _exported_values(exposition, metric, label)
+            for wanted in _missing_values(values, op, value):
+                problems.append(f"{where}: {metric}{{{label}{op}{wanted!r}}} never exported")
+    return problems
+
+
+def alert_test_series() -> list[tuple[str, dict[str, str]]]:
+    """(metric, labels) of every input series of alerts.test.yml."""
+    found = []
+    for test in yaml.safe_load(ALERT_TESTS.read_text())["tests"]:
+        for series in test["input_series"]:
+            match = re.fullmatch(
+                r"\s*([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(?:\{(.*)\})?\s*", series["series"]
+            )
+            assert match, series["series"]
+            labels = dict(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"([^"]*)"', match[2] or ""))
+            found.append((match[1], labels))
+    return found
+
+
+def unscraped_test_series(exposition: Exposition) -> list[str]:
+    """alerts.test.yml series whose name, label or value (`le`, `status`, `outcome`...)
+    a real scrape does not have: a unit test on such a series proves nothing."""
+    problems = []
+    for metric, labels in alert_test_series():
+        if metric in PROMETHEUS_SERIES:
+            continue
+        if metric not in exposition.names:
+            problems.append(f"alerts.test.yml: {metric} is not exported")
+            continue
+        for label, value in labels.items():
+            if label in TARGET_LABELS or label in {"handler", "method"}:
+                continue
+            values = _exported_values(exposition, metric, label)
+            if value not in values:
+                problems.append(f"alerts.test.yml: {metric}{{{label}={value!r}}} never exported")
     return problems
 
 
@@ -159,19 +214,40 @@ def test_a_misspelt_metric_would_be_caught() -> None:
     assert any("outbox_pending" in p for p in unexported(parse_exposition(sample)))
 
 
+def test_alert_tests_use_the_contract_series_and_buckets() -> None:
+    """alerts.test.yml feeds only series, status codes and `le` buckets the service writes."""
+    assert unscraped_test_series(parse_exposition(CONTRACT_SAMPLE)) == []
+
+
+def test_a_bucket_the_service_does_not_have_would_be_caught() -> None:
+    """`le="1"` (Prometheus' client writes `le="1.0"`) or `status="5xx"` would be reported."""
+    sample = CONTRACT_SAMPLE.replace('le="1.0"', 'le="1"')
+    assert any("le='1.0'" in p for p in unscraped_test_series(parse_exposition(sample)))
+    grouped = CONTRACT_SAMPLE.replace('status="200"', 'status="2xx"')
+    assert _missing_values(_exported_values(parse_exposition(grouped), "x", "status"), "=", "5xx")
+
+
 # --- against the running service -------------------------------------------------
 
 
 async def test_dashboard_and_alerts_query_what_the_service_exports(
     client: httpx.AsyncClient,
 ) -> None:
-    """Scrape the real app: every metric and label value queried is on its /metrics page."""
+    """Scrape the real app: every metric, label value and `le` bucket queried by the alerts,
+    their unit tests and the dashboard is on its /metrics page; status codes are exact."""
+    from payment_service.observability import HTTP_LATENCY_BUCKETS
+
     assert (await client.get("/health")).status_code == 200
+    assert (await client.get("/v1/payments/987654321")).status_code == 404
     response = await client.get("/metrics")
     assert response.status_code == 200
     exposition = parse_exposition(response.text)
-    assert exposition.samples.get("http_requests_total"), "the /health request was not counted"
+    statuses = {s.get("status") for s in exposition.samples.get("http_requests_total", [])}
+    assert {"200", "404"} <= statuses, statuses
+    buckets = _exported_values(exposition, "http_request_duration_seconds_bucket", "le")
+    assert buckets == {str(float(b)) for b in HTTP_LATENCY_BUCKETS} | {"+Inf"}
     assert unexported(exposition) == []
+    assert unscraped_test_series(exposition) == []
 
 
 def test_trip_outcomes_queried_are_ones_the_client_records() -> None:
@@ -213,9 +289,11 @@ def test_every_alert_is_unit_tested_and_documented() -> None:
 
 
 def test_alerts_cover_errors_latency_outbox_and_trip_service() -> None:
-    """5xx rate, p99 latency, outbox backlog and Trip-service failures each have an alert."""
+    """Instance down, 5xx rate, p99 latency, outbox backlog and Trip-service failures each
+    have an alert."""
     metrics = {name: promql_metric_names(expr) for name, expr in rule_exprs(load_rules())}
     used = [m for names in metrics.values() for m in names]
+    assert "up" in used
     assert "http_requests_total" in used
     assert "http_request_duration_seconds_bucket" in used
     assert "outbox_pending" in used
@@ -256,7 +334,7 @@ def test_dashboard_shows_what_operators_need() -> None:
     joined = "\n".join(exprs)
     needs = {
         "request rate by route": r"sum by \(handler[^)]*\) \(rate\(http_requests_total",
-        "error rate": r'http_requests_total\{[^}]*status="5xx"',
+        "error rate": r'http_requests_total\{[^}]*status=~"5\.\."',
         "p50 by route": r"histogram_quantile\(0\.5, sum by \(le, handler\)",
         "p99 by route": r"histogram_quantile\(0\.99, sum by \(le, handler\)",
         "payments by status": r"sum by \(status\) \(rate\(payments_total",

@@ -3,7 +3,9 @@ together on Ctrl-C, and able to start again after a crash left PostgreSQL runnin
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import re
 import shutil
 import signal
 import tempfile
@@ -14,6 +16,7 @@ import httpx
 import psutil
 import pytest
 
+from tests.conftest import ROOT
 from tests.e2e.conftest import (
     ServiceProcess,
     StartProcess,
@@ -102,6 +105,69 @@ async def charge(dev: ServiceProcess, trip_id: int) -> httpx.Response:
         )
 
 
+# The seed document's examples, verbatim and in order (README "The seed document's examples").
+SEED_DOC_CHARGE = {
+    "idempotency_key": "seed-charge-trip-1",
+    "trip_id": 1,
+    "rider_id": 101,
+    "driver_id": 201,
+    "method": "CARD",
+}
+SEED_DOC_REFUND = {
+    "idempotency_key": "seed-refund-1",
+    "amount": 50.00,
+    "reason": "Customer complaint",
+}
+
+
+def readme_curl_lines() -> list[str]:
+    """The curl lines of README's API section, in order (continuation lines joined)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    api = readme.split("\n## API", 1)[1].split("\n## ", 1)[0]
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", api, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            if line.strip().startswith("curl "):
+                lines.append(" ".join(line.split()))
+    return lines
+
+
+async def run_readme_curl_lines(dev: ServiceProcess, cwd: Path) -> None:
+    """Each README curl line, verbatim but for the address, answers 2xx (`curl -f`) in order."""
+    lines = readme_curl_lines()
+    assert any('"trip_id": 1, "rider_id": 101, "driver_id": 201' in line for line in lines)
+    assert any("/v1/payments/1/refund" in line and "50.00" in line for line in lines)
+    for line in lines:
+        command = line.replace("curl ", "curl -fsS ", 1).replace("localhost:8082", dev.base_url)
+        process = await asyncio.create_subprocess_exec(
+            "bash", "-c", command, cwd=cwd,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        output, _ = await asyncio.wait_for(process.communicate(), 30)
+        assert process.returncode == 0, f"{line}\n{output.decode()}"
+
+
+async def check_seed_document_outcome(client: httpx.AsyncClient) -> None:
+    """After README's lines: the seed document's charge paid trip 1 for rider 101 / driver 201,
+    its refund took 50.00 from payment 1; the OpenAPI request examples are those two bodies;
+    a rider that is not the trip's is still a 422."""
+    schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
+    assert schemas["ChargeRequest"]["examples"] == [SEED_DOC_CHARGE]
+    assert schemas["RefundRequest"]["examples"] == [SEED_DOC_REFUND]
+    charged = await client.post("/v1/payments/charge", json=SEED_DOC_CHARGE)  # a replay
+    assert charged.status_code == 201 and charged.headers["Idempotent-Replayed"] == "true"
+    assert charged.json()["payment_id"] == 351
+    assert (charged.json()["trip_id"], charged.json()["rider_id"]) == (1, 101)
+    assert charged.json()["driver_id"] == 201
+    first = (await client.get("/v1/payments/1")).json()
+    assert (first["status"], first["refunded_amount"]) == ("PARTIALLY_REFUNDED", 50)
+    receipt = await client.get("/v1/payments/1/receipt")
+    assert receipt.status_code == 200 and len(receipt.json()["refunds"]) == 1
+    wrong_rider = dict(SEED_DOC_CHARGE, idempotency_key="seed-wrong-rider", trip_id=1003)
+    mismatch = await client.post("/v1/payments/charge", json=wrong_rider)
+    assert mismatch.status_code == 422 and "rider_id 101" in mismatch.json()["detail"]
+
+
 async def stop_with_sigint(dev: ServiceProcess, data_dir: Path) -> None:
     """Ctrl-C: the process exits 0 and takes its PostgreSQL down with it."""
     dev.send_signal(signal.SIGINT)
@@ -116,13 +182,16 @@ async def stop_with_sigint(dev: ServiceProcess, data_dir: Path) -> None:
 async def test_dev_serves_the_seed_api_and_stops_postgres_on_sigint(
     start_process: StartProcess, dev_data_dir: Path
 ) -> None:
-    """dev with nothing configured: health UP, seeded payments, a charge, the smoke script
-    passes; Ctrl-C stops everything, PostgreSQL included."""
+    """dev with nothing configured: README's curl lines (the seed document's first) succeed in
+    order, health UP, seeded payments, a charge, the smoke script passes; Ctrl-C stops
+    everything, PostgreSQL included."""
     dev = await start_dev(start_process, dev_data_dir, "dev")
     assert "embedded PostgreSQL" in dev.log_text()
     assert postgres_processes(dev_data_dir), "no PostgreSQL on the data dir while dev runs"
 
+    await run_readme_curl_lines(dev, dev.cwd)
     async with httpx.AsyncClient(base_url=dev.base_url, timeout=15) as client:
+        await check_seed_document_outcome(client)
         health = (await client.get("/health")).json()
         assert health["status"] == "UP" and health["database_status"] == "UP"
         page = await client.get("/v1/payments?status=SUCCESS&limit=10")

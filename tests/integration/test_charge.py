@@ -228,8 +228,8 @@ async def test_a_paid_trip_is_a_409_naming_the_payment(
 async def test_seeded_paid_trip_is_a_409(
     money_client: httpx.AsyncClient, seeded: AsyncEngine
 ) -> None:
-    """A trip paid in the seed (trip 241 has a SUCCESS payment) cannot be charged again."""
-    response = await money_client.post(CHARGE, json=body(241, "seeded-paid"))
+    """A trip paid in the seed (trip 336 has payment 1, a SUCCESS) cannot be charged again."""
+    response = await money_client.post(CHARGE, json=body(336, "seeded-paid"))
     assert response.status_code == 409
 
 

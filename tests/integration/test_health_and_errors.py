@@ -149,6 +149,7 @@ async def test_ready_is_200_with_the_schema_at_head(client: httpx.AsyncClient) -
     assert body["database_status"] == "UP"
     assert body["schema_revision"] == body["expected_revision"] == expected_revision()
     assert body["schema_revision"] is not None
+    assert body["reason"] is None
 
 
 @pytest.fixture
@@ -167,7 +168,8 @@ async def unmigrated_url(server_url: URL) -> AsyncIterator[str]:
 
 
 async def test_ready_is_503_on_an_unmigrated_database(unmigrated_url: str) -> None:
-    """A reachable database without the schema is not ready: 503, database UP, no revision."""
+    """A reachable database without the schema is not ready: 503, database UP, no revision,
+    and a reason that says so."""
     async with serving(make_settings(unmigrated_url)) as http:
         response = await http.get("/health/ready")
 
@@ -175,10 +177,11 @@ async def test_ready_is_503_on_an_unmigrated_database(unmigrated_url: str) -> No
     body = response.json()
     assert (body["status"], body["database_status"]) == ("DOWN", "UP")
     assert body["schema_revision"] is None
+    assert body["reason"] == f"schema not migrated, head is {expected_revision()}"
 
 
 async def test_ready_is_503_on_a_database_at_another_revision(unmigrated_url: str) -> None:
-    """A database whose alembic_version is not the head is not ready."""
+    """A database whose alembic_version is not the head is not ready, and says which."""
     engine = create_async_engine(unmigrated_url)
     try:
         async with engine.begin() as connection:
@@ -192,15 +195,18 @@ async def test_ready_is_503_on_a_database_at_another_revision(unmigrated_url: st
 
     assert response.status_code == 503
     assert response.json()["schema_revision"] == "older"
+    assert response.json()["reason"] == f"schema at older, head is {expected_revision()}"
 
 
 async def test_ready_is_503_when_the_database_is_unreachable() -> None:
-    """With the DB refusing connections, /health/ready is 503 with database DOWN."""
+    """With the DB refusing connections, /health/ready is 503 with database DOWN and the
+    reason "database unreachable" (no host, port or driver message)."""
     async with serving(make_settings(UNREACHABLE_DB)) as http:
         response = await http.get("/health/ready")
 
     assert response.status_code == 503
     assert response.json()["database_status"] == "DOWN"
+    assert response.json()["reason"] == "database unreachable"
 
 
 # --- problem details ---

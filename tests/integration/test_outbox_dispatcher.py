@@ -371,15 +371,28 @@ async def test_claims_skip_rows_another_transaction_holds(
 async def test_message_claimed_by_a_crashed_dispatcher_is_sent_after_its_lease(
     peer: Sandbox, outbox_settings: Callable[..., Settings], sessions: SessionFactory
 ) -> None:
-    """A claim whose dispatcher died is invisible until the lease ends, then delivered."""
+    """A claim whose dispatcher died is invisible until the lease ends, then delivered.
+
+    The lease is long and then ended in the database (the clock the claim reads), so
+    neither step races a timer."""
     [message_id] = await enqueue(sessions, 1)
     async with sessions() as session, session.begin():
-        [claimed] = await OutboxRepository(session).claim_due(10, lease_seconds=0.3)
+        [claimed] = await OutboxRepository(session).claim_due(10, lease_seconds=600)
     assert claimed.id == message_id
     dispatcher = OutboxDispatcher(outbox_settings(), sessions)
     assert await dispatcher.run_once() == 0  # still leased to the "crashed" one
+    assert received_ids(peer) == []
 
-    await wait_until(lambda: _run_and_check(dispatcher, sessions, message_id), "redelivery")
+    async with sessions() as session, session.begin():
+        await session.execute(
+            text(
+                "UPDATE notification_outbox SET next_attempt_at = now() - interval '1 second' "
+                "WHERE id = :id"
+            ),
+            {"id": message_id},
+        )
+    assert await dispatcher.run_once() == 1  # the lease has ended: delivered now
+    assert await all_in_status(sessions, [message_id], "DELIVERED")
     assert received_ids(peer) == [message_id]
 
 

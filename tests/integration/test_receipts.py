@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from payment_service.jsonutil import dumps, loads
 
-FAILED_PAYMENT_ID = 1  # seeds/rhfd_payments.csv: FAILED, 99.01, CARD
+FAILED_PAYMENT_ID = 5  # seeds/rhfd_payments.csv: FAILED, 171.10, CARD
 UNKNOWN_PAYMENT_ID = 987_654_321
 HTML_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
 PAYMENT_FIELDS = (
@@ -168,14 +168,14 @@ async def test_failed_payment_still_has_a_receipt_marked_not_charged(
     assert response.status_code == 200
     body = loads(response.content)
     assert body["status"] == "FAILED"
-    assert body["amount"] == Decimal("99.01")
+    assert body["amount"] == Decimal("171.10")
     assert body["method"] == "CARD"
     assert body["charged"] is False
-    assert body["receipt_number"] == f"RN-{body['created_at'][:10].replace('-', '')}-00000001"
+    assert body["receipt_number"] == f"RN-{body['created_at'][:10].replace('-', '')}-00000005"
 
     html = (await _receipt(client, FAILED_PAYMENT_ID, "text/html")).text
     assert "not charged" in html.lower()
-    assert "INR 99.01" in html
+    assert "INR 171.10" in html
     assert "INR 0.00" in html
 
 

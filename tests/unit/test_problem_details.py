@@ -25,6 +25,7 @@ from payment_service.errors import (
     problem_response,
     problem_responses,
 )
+from payment_service.schemas.problem import Problem
 
 
 def test_problem_response_has_type_title_status_detail() -> None:
@@ -93,14 +94,16 @@ def test_error_classes_carry_their_status(error: type[PaymentServiceError], stat
 
 
 def test_problem_responses_document_problem_json_for_each_status() -> None:
-    """`problem_responses(...)` gives a problem+json entry per status, plus 429 and 500 always."""
+    """`problem_responses(...)` gives a problem+json entry per status, plus 429 and 500 always,
+    each referencing the one shared `Problem` component."""
     entries = problem_responses(404, 422, 599)
 
     assert set(entries) == {404, 422, 429, 500, 599}
     for entry in entries.values():
         schema = entry["content"][PROBLEM_JSON]["schema"]
-        assert set(schema["required"]) == {"type", "title", "status", "detail"}
+        assert schema == {"$ref": "#/components/schemas/Problem"}
         assert entry["description"]
+    assert set(Problem.model_json_schema()["required"]) == {"type", "title", "status", "detail"}
 
 
 # --- the handlers, on a small app with no database ---

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -280,3 +281,16 @@ def test_password_never_appears_in_repr_or_str(
     assert secret not in str(settings)
     assert secret not in str(settings.configured_database_url)
     assert secret not in repr(settings.configured_database_url)
+
+
+def test_every_setting_is_in_the_readme_table() -> None:
+    """Each Settings field appears, as its environment name, in README's configuration table."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    documented = {name for row in rows for name in re.findall(r"`([A-Z0-9_]+)`", row.split("|")[1])}
+
+    missing = sorted(
+        name.upper() for name in Settings.model_fields if name.upper() not in documented
+    )
+    assert missing == []

@@ -29,6 +29,7 @@ router = APIRouter(
 
 @router.post(
     "/charge",
+    operation_id="chargeTrip",
     status_code=201,
     response_model=ChargeResponse,
     summary="Charge a completed trip (idempotent)",

@@ -10,13 +10,19 @@ from payment_service import SERVICE_NAME, __version__
 from payment_service.errors import problem_responses
 from payment_service.jsonutil import MoneyJSONResponse
 from payment_service.schemas.health import Health, Readiness
-from payment_service.services.health import database_is_up, expected_revision, schema_state
+from payment_service.services.health import (
+    database_is_up,
+    expected_revision,
+    not_ready_reason,
+    probe,
+)
 
 router = APIRouter(tags=["health"])
 
 
 @router.get(
     "/health",
+    operation_id="health",
     response_model=Health,
     summary="Service and database health (seed API)",
     responses={503: {"model": Health, "description": "The database is unreachable"}},
@@ -35,6 +41,7 @@ async def health(request: Request) -> MoneyJSONResponse:
 
 @router.get(
     "/health/live",
+    operation_id="liveness",
     summary="Liveness: the process answers",
     responses=problem_responses(500),
 )
@@ -44,18 +51,21 @@ async def live() -> dict[str, str]:
 
 @router.get(
     "/health/ready",
+    operation_id="readiness",
     response_model=Readiness,
     summary="Readiness: database reachable and schema at the Alembic head",
     responses={503: {"model": Readiness, "description": "Not ready"}, **problem_responses(500)},
 )
 async def ready(request: Request) -> MoneyJSONResponse:
-    up, revision = await schema_state(request.app.state.engine)
+    state = await probe(request.app.state.engine)
     head = expected_revision()
-    is_ready = up and revision is not None and (head is None or revision == head)
+    reason = not_ready_reason(state, head)
+    is_ready = reason is None
     body = {
         "status": "UP" if is_ready else "DOWN",
-        "database_status": "UP" if up else "DOWN",
-        "schema_revision": revision,
+        "database_status": "UP" if state.up else "DOWN",
+        "schema_revision": state.revision,
         "expected_revision": head,
+        "reason": reason,
     }
     return MoneyJSONResponse(body, status_code=200 if is_ready else 503)

@@ -25,11 +25,12 @@ router = APIRouter(
     prefix="/v1/payments", tags=["payments"], route_class=MoneyRoute, dependencies=[RequireRead]
 )
 
-PaymentId = Annotated[int, Path(gt=0, le=MAX_ID, description="Payment id")]
+PaymentId = Annotated[int, Path(gt=0, le=MAX_ID, description="Payment id", examples=[1])]
 
 
 @router.get(
     "",
+    operation_id="listPayments",
     response_model=PaymentList,
     summary="List payments, newest first",
     responses=problem_responses(422, 500),
@@ -60,6 +61,7 @@ async def list_payments(
 
 @router.get(
     "/{payment_id}",
+    operation_id="getPayment",
     response_model=PaymentRead,
     summary="Get one payment",
     responses=problem_responses(404, 422, 500),

@@ -129,6 +129,7 @@ def render_receipt_html(receipt: dict[str, Any]) -> str:
 
 @router.get(
     "/{payment_id}/receipt",
+    operation_id="getReceipt",
     response_model=ReceiptRead,
     summary="Get a payment's receipt (JSON or printable HTML)",
     description=(
@@ -164,3 +165,25 @@ async def get_receipt(
             render_receipt_html(receipt), headers={"Vary": "Accept", **HTML_HEADERS}
         )
     return MoneyJSONResponse(receipt, headers={"Vary": "Accept"})
+
+
+@router.get(
+    "/{payment_id}/receipt.html",
+    operation_id="getReceiptHtml",
+    response_class=HTMLResponse,
+    summary="Get a payment's printable HTML receipt",
+    description=(
+        "The same page as `GET /v1/payments/{payment_id}/receipt` with `Accept: text/html`, "
+        "as an operation of its own so that generated clients can fetch it."
+    ),
+    responses={
+        200: {
+            "description": "The receipt page",
+            "content": {HTML: {"schema": {"type": "string"}, "example": "<!DOCTYPE html>..."}},
+        },
+        **problem_responses(404, 422, 500),
+    },
+)
+async def get_receipt_html(payment_id: PaymentId, session: SessionDep) -> HTMLResponse:
+    receipt = await receipt_service.get_receipt(session, payment_id)
+    return HTMLResponse(render_receipt_html(receipt), headers=HTML_HEADERS)

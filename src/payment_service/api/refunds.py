@@ -30,6 +30,7 @@ router = APIRouter(prefix="/v1/payments", tags=["refunds"], route_class=MoneyRou
 
 @router.post(
     "/{payment_id}/refund",
+    operation_id="refundPayment",
     response_model=RefundResponse,
     summary="Refund a payment in part or in full (idempotent)",
     description=(
@@ -74,6 +75,7 @@ async def refund(
 
 @router.get(
     "/{payment_id}/refunds",
+    operation_id="listRefunds",
     response_model=RefundList,
     summary="List a payment's refunds",
     responses=problem_responses(404, 422, 500),

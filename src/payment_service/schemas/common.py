@@ -14,11 +14,14 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field, StringConstraints, WithJsonSchema
 
-# Money is a Decimal everywhere; in JSON it is a number with at most two decimals.
+# Money is a Decimal everywhere; in JSON it is a number with at most two decimals. The
+# schema says only "number": a float `multipleOf: 0.01` rejects real amounts such as 40.19
+# in JSON Schema validators (binary floating point), so the two decimals are enforced in
+# validation code, not in the document.
 Money = Annotated[
     Decimal,
     Field(max_digits=12, decimal_places=2),
-    WithJsonSchema({"type": "number", "multipleOf": 0.01, "examples": [99.01]}),
+    WithJsonSchema({"type": "number", "examples": [99.01]}),
 ]
 
 MAX_INTEGER_DIGITS = 12
@@ -58,14 +61,14 @@ MoneyInput = Annotated[
     WithJsonSchema(
         {
             "type": "number",
-            "multipleOf": 0.01,
             "exclusiveMinimum": 0,
             "maximum": 999_999_999_999.99,
-            "examples": [99.01],
+            "examples": [50.0],
         }
     ),
 ]
-"""An amount in a request: finite, at most 12 integer digits (a number or its string)."""
+"""An amount in a request: finite, at most 12 integer digits (a number or its string); > 0
+and two decimals are checked by the service (no float `multipleOf` in the schema)."""
 
 METADATA_MAX_KEYS = 20
 METADATA_MAX_KEY_LENGTH = 40

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 UpDown = Literal["UP", "DOWN"]
 
@@ -23,3 +23,8 @@ class Readiness(BaseModel):
     database_status: UpDown
     schema_revision: str | None
     expected_revision: str | None
+    reason: str | None = Field(
+        None,
+        description="Why it is not ready, e.g. `database unreachable` or "
+        "`schema at 0004, head is 0005`; null when ready",
+    )

@@ -89,7 +89,21 @@ class ChargeRequest(BaseModel):
     always comes from the Trip service) and take no part in the idempotency fingerprint.
     """
 
-    model_config = ConfigDict(extra="ignore")
+    # The seed document's charge: it succeeds on a fresh `make run` (seeds/README.md).
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "idempotency_key": "seed-charge-trip-1",
+                    "trip_id": 1,
+                    "rider_id": 101,
+                    "driver_id": 201,
+                    "method": "CARD",
+                }
+            ]
+        },
+    )
 
     idempotency_key: IdempotencyKeyStr | None = None
     trip_id: int = Field(gt=0, le=MAX_ID)

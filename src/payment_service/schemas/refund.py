@@ -14,7 +14,19 @@ from payment_service.schemas.common import IdempotencyKeyStr, Money, MoneyInput,
 class RefundRequest(BaseModel):
     """Unknown fields are ignored, as for charges."""
 
-    model_config = ConfigDict(extra="ignore")
+    # The seed document's refund of payment 1: it succeeds on a fresh `make run`.
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "idempotency_key": "seed-refund-1",
+                    "amount": 50.00,
+                    "reason": "Customer complaint",
+                }
+            ]
+        },
+    )
 
     idempotency_key: IdempotencyKeyStr | None = None
     amount: MoneyInput | None = Field(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from functools import lru_cache
 
 from sqlalchemy import text
@@ -15,20 +16,50 @@ log = logging.getLogger(__name__)
 HEALTH_TIMEOUT_SECONDS = 1.5
 
 
-async def schema_state(
-    engine: AsyncEngine, timeout: float = HEALTH_TIMEOUT_SECONDS
-) -> tuple[bool, str | None]:
-    """(database reachable, Alembic revision or None) from one query under one deadline."""
+@dataclass(frozen=True, slots=True)
+class SchemaState:
+    """What one probe found. `problem` says why the database is not usable, in words fit
+    for a client (no driver messages, hosts or SQL); None when it answered."""
+
+    up: bool
+    revision: str | None
+    problem: str | None = None
+
+
+async def probe(engine: AsyncEngine, timeout: float = HEALTH_TIMEOUT_SECONDS) -> SchemaState:
+    """Reachability and Alembic revision from one query under one deadline."""
     try:
         async with asyncio.timeout(timeout):
             async with engine.connect() as connection:
                 result = await connection.execute(text("SELECT version_num FROM alembic_version"))
-                return True, result.scalar_one_or_none()
+                return SchemaState(True, result.scalar_one_or_none())
     except ProgrammingError:  # reachable, but no alembic_version table: not migrated
-        return True, None
+        return SchemaState(True, None)
+    except TimeoutError:
+        log.warning("database check timed out", extra={"timeout_seconds": timeout})
+        return SchemaState(False, None, f"database did not answer within {timeout:g} s")
     except Exception as exc:
         log.warning("database check failed", extra={"error": type(exc).__name__})
-        return False, None
+        return SchemaState(False, None, "database unreachable")
+
+
+async def schema_state(
+    engine: AsyncEngine, timeout: float = HEALTH_TIMEOUT_SECONDS
+) -> tuple[bool, str | None]:
+    """(database reachable, Alembic revision or None) from one query under one deadline."""
+    state = await probe(engine, timeout)
+    return state.up, state.revision
+
+
+def not_ready_reason(state: SchemaState, head: str | None) -> str | None:
+    """Why readiness is DOWN (None when ready): what an operator acts on first."""
+    if not state.up:
+        return state.problem or "database unreachable"
+    if state.revision is None:
+        return f"schema not migrated, head is {head}" if head else "schema not migrated"
+    if head is not None and state.revision != head:
+        return f"schema at {state.revision}, head is {head}"
+    return None
 
 
 async def database_is_up(engine: AsyncEngine, timeout: float = HEALTH_TIMEOUT_SECONDS) -> bool:
