@@ -37,6 +37,9 @@ ERROR_MODULES = (
     "payment_service.services.refunds",
     "payment_service.clients.trip",
     "payment_service.clients.gateway",
+    "payment_service.services.webhooks",
+    "payment_service.auth.guard",
+    "payment_service.ratelimit",
 )
 
 # Types rendered by a handler or middleware rather than raised as a class.
@@ -44,6 +47,11 @@ HANDLER_TYPES: tuple[tuple[str, str, int], ...] = (
     ("malformed-json", "Malformed JSON", 400),
     ("validation-error", "Validation Failed", 422),
     ("rate-limited", "Too Many Requests", 429),
+    ("refund-declined", "Refund Declined", 422),
+    ("database-unavailable", "Database Unavailable", 503),
+    ("content-too-large", "Content Too Large", 413),
+    ("request-header-fields-too-large", "Request Header Fields Too Large", 431),
+    ("request-timeout", "Request Timeout", 408),
 )
 
 DESCRIPTIONS = {
@@ -87,6 +95,28 @@ DESCRIPTIONS = {
         "The Trip service is down or slow; nothing was stored, retry with the same key."
     ),
     "gateway-unavailable": ("The payment processor could not be reached; retry with the same key."),
+    "refund-declined": (
+        "The payment processor refused the refund; it is recorded as FAILED and its amount "
+        "stays refundable."
+    ),
+    "webhook-invalid": (
+        "The processor webhook's signature, timestamp (5-minute tolerance) or payload did "
+        "not verify; nothing was changed."
+    ),
+    "webhook-provider-unknown": "This service takes webhooks from its configured processor only.",
+    "database-unavailable": (
+        "The database could not be reached or did not answer in time: retry after "
+        "`Retry-After`; nothing was half-done."
+    ),
+    "content-too-large": "The request body is larger than `MAX_BODY_BYTES`.",
+    "request-header-fields-too-large": "The request's headers are larger than `MAX_HEADER_BYTES`.",
+    "request-timeout": (
+        "The request did not arrive in full within `REQUEST_READ_TIMEOUT_SECONDS`."
+    ),
+    "unauthenticated": (
+        "Send a valid API key as `Authorization: Bearer <key>`; it is missing, unknown or revoked."
+    ),
+    "forbidden": "The API key lacks the scope this operation needs (read, charge, refund).",
     "gateway-misconfigured": (
         "The payment processor refused the service's credentials: an operator must act."
     ),

@@ -27,6 +27,7 @@ from payment_service.clients.gateway import (
     GatewayUnavailableError,
     PaymentGateway,
     RefundAttempt,
+    RefundResult,
 )
 from payment_service.db import SessionFactory
 from payment_service.errors import ConflictError, UnprocessableError
@@ -169,7 +170,7 @@ class RefundService:
             assert payment is not None
         if refund.status == RefundStatus.PROCESSING.value:
             try:
-                result = await self.gateway.refund(refund_attempt(payment, refund))
+                result = await self._ask_processor(payment, refund)
             except GatewayUnavailableError:
                 await self.idempotency.end_lease(self.session_factory, claim)
                 raise
@@ -186,6 +187,14 @@ class RefundService:
                 await self._store(session, answer, payment.id, refund_id)
         return RefundOutcome(answer.status_code, answer.body, replayed=False)
 
+    async def _ask_processor(self, payment: Payment, refund: Refund) -> RefundResult:
+        if not held_by_processor(payment):
+            # Cash, or history imported by `seed`: no processor holds this money, so none
+            # can give it back. The refund is recorded (event `settlement: manual`) and
+            # paid out by hand, as the old service did.
+            return RefundResult(RefundStatus.SUCCEEDED, None)
+        return await self.gateway.refund(refund_attempt(payment, refund))
+
     async def _store(
         self, session: AsyncSession, answer: Answer, payment_id: int, refund_id: int
     ) -> None:
@@ -196,6 +205,11 @@ class RefundService:
             payment_id=payment_id,
             refund_id=refund_id,
         )
+
+
+def held_by_processor(payment: Payment) -> bool:
+    """Whether a processor took this payment's money (so a refund must go through it)."""
+    return payment.gateway_idempotency_key is not None and payment.method != "CASH"
 
 
 def new_gateway_key() -> str:

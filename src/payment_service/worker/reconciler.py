@@ -22,13 +22,14 @@ from payment_service.clients.gateway import (
     ChargeResult,
     GatewayUnavailableError,
     PaymentGateway,
+    RefundResult,
 )
 from payment_service.db import SessionFactory
-from payment_service.models.enums import PaymentMethod, PaymentStatus
+from payment_service.models.enums import PaymentMethod, PaymentStatus, RefundStatus
 from payment_service.observability import RECONCILER_RUNS
 from payment_service.repositories.payment import PaymentRepository
 from payment_service.services.charge import charge_attempt
-from payment_service.services.refunds import refund_attempt
+from payment_service.services.refunds import held_by_processor, refund_attempt
 from payment_service.services.transitions import finish_charge, finish_refund
 from payment_service.settings import Settings
 
@@ -84,7 +85,11 @@ class Reconciler:
                 owner = await PaymentRepository(session).get(refund.payment_id)
             assert owner is not None
             try:
-                refund_result = await self.gateway.lookup_refund(refund_attempt(owner, refund))
+                refund_result = (
+                    await self.gateway.lookup_refund(refund_attempt(owner, refund))
+                    if held_by_processor(owner)
+                    else RefundResult(RefundStatus.SUCCEEDED, None)  # settled by hand
+                )
             except GatewayUnavailableError as exc:
                 unavailable += 1
                 log.warning(
