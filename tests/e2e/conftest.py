@@ -21,10 +21,12 @@ import asyncio
 import contextlib
 import inspect
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -34,7 +36,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from payment_service.sandbox.runner import Sandbox
@@ -439,3 +441,73 @@ async def run_smoke_script(service: ServiceProcess, **extra_env: str) -> str:
     assert "FAIL" not in text
     assert text.rstrip().endswith("passed, 0 failed")
     return text
+
+
+# -- a PostgreSQL of the test's own -----------------------------------------------
+
+
+class ThrowawayPostgres:
+    """A PostgreSQL of this test's own (initdb + pg_ctl), which it may stop and restart."""
+
+    BIN = Path("/usr/lib/postgresql/15/bin")
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="payment-own-pg-"))
+        self.data = self.root / "data"
+        self.port = free_port()
+        self.user = "postgres" if os.geteuid() == 0 else None
+
+    def _run(self, *args: str, timeout: float = 60) -> None:
+        cmd = [str(self.BIN / args[0]), *args[1:]]
+        if self.user is not None:
+            cmd = ["runuser", "-u", self.user, "--", *cmd]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=timeout)
+
+    def init(self) -> None:
+        if self.user is not None:
+            shutil.chown(self.root, self.user)
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync")
+        self.start()
+
+    def start(self) -> None:
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "log"),
+                  "-w", "start")  # fmt: skip
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def kill(self) -> None:
+        """kill -9 of the postmaster (a crash, not a shutdown), then reap its backends."""
+        pid = int((self.data / "postmaster.pid").read_text().splitlines()[0])
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        # Orphaned backends exit by themselves once they notice the postmaster is gone;
+        # the next start waits for the shared memory they hold.
+
+    @property
+    def url(self) -> URL:
+        return make_url(f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres")
+
+    def destroy(self) -> None:
+        with contextlib.suppress(Exception):
+            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+async def own_postgres() -> AsyncIterator[ThrowawayPostgres]:
+    if not (ThrowawayPostgres.BIN / "initdb").exists():
+        pytest.skip("PostgreSQL 15 server binaries are not installed")
+    server = ThrowawayPostgres()
+    await asyncio.to_thread(server.init)
+    try:
+        yield server
+    finally:
+        await asyncio.to_thread(server.destroy)

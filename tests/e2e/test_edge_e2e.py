@@ -12,10 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import shutil
-import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -23,13 +19,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 
 from payment_service.sandbox.runner import Sandbox
 from tests.conftest import SEED_FILE
 from tests.e2e.conftest import (
     ServiceProcess,
     StartProcess,
+    ThrowawayPostgres,
     free_port,
     run_cli,
     service_env,
@@ -245,59 +242,6 @@ async def test_logs_hold_no_keys_sql_parameters_or_tokens(
 
 
 # -- a database restart under load ---------------------------------------------------
-
-
-class ThrowawayPostgres:
-    """A PostgreSQL of this test's own (initdb + pg_ctl), which it may stop and restart."""
-
-    BIN = Path("/usr/lib/postgresql/15/bin")
-
-    def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="edge-pg-"))
-        self.data = self.root / "data"
-        self.port = free_port()
-        self.user = "postgres" if os.geteuid() == 0 else None
-
-    def _run(self, *args: str, timeout: float = 60) -> None:
-        cmd = [str(self.BIN / args[0]), *args[1:]]
-        if self.user is not None:
-            cmd = ["runuser", "-u", self.user, "--", *cmd]
-        subprocess.run(cmd, check=True, capture_output=True, timeout=timeout)
-
-    def init(self) -> None:
-        if self.user is not None:
-            shutil.chown(self.root, self.user)
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync")
-        self.start()
-
-    def start(self) -> None:
-        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off"
-        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "log"),
-                  "-w", "start")  # fmt: skip
-
-    def stop(self) -> None:
-        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
-
-    @property
-    def url(self) -> URL:
-        return make_url(f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres")
-
-    def destroy(self) -> None:
-        with contextlib.suppress(Exception):
-            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-@pytest.fixture
-async def own_postgres() -> AsyncIterator[ThrowawayPostgres]:
-    if not (ThrowawayPostgres.BIN / "initdb").exists():
-        pytest.skip("PostgreSQL 15 server binaries are not installed")
-    server = ThrowawayPostgres()
-    await asyncio.to_thread(server.init)
-    try:
-        yield server
-    finally:
-        await asyncio.to_thread(server.destroy)
 
 
 async def test_database_restart_under_load_is_503_never_500_and_heals(
