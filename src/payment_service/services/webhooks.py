@@ -29,6 +29,7 @@ from payment_service.errors import BadRequestError, NotFoundError
 from payment_service.jsonutil import loads
 from payment_service.models import Payment, Refund, WebhookEvent
 from payment_service.observability import GATEWAY_WEBHOOKS
+from payment_service.repositories.payment import PaymentRepository
 from payment_service.services.transitions import finish_charge, finish_refund
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,11 @@ async def _apply(
 ) -> WebhookOutcome:
     async with session_factory() as session, session.begin():
         payment_id = await _payment_of(session, event)
+        if payment_id is not None:
+            # Lock the payment before anything else: the event row's foreign key takes a
+            # share lock on it, and two transactions that each hold that and then ask for
+            # the row lock deadlock. Every writer of a payment locks it first.
+            await PaymentRepository(session).get_for_update(payment_id)
         stored = await session.execute(
             insert(WebhookEvent)
             .values(
