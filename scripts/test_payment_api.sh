@@ -3,6 +3,8 @@
 #
 #   BASE_URL=http://localhost:8082 scripts/test_payment_api.sh     (make test-api)
 #   TRIP_ID=1001 ...    try this trip first (the script moves on when it is already paid)
+#   API_KEY=psk_... ... a key with the read, charge and refund scopes, for a service that
+#                       requires one (`payment-service serve`; `make run` needs none)
 #
 # Needs a running service whose Trip service knows the seeded trips (`make run`
 # starts both): trips 1001..1300 are COMPLETED and unpaid in seeds/rhfd_trips.csv.
@@ -32,8 +34,10 @@ request() {
     : >"$body"
     : >"$headers"
     local code
+    local auth=()
+    [[ -n "${API_KEY:-}" ]] && auth=(-H "Authorization: Bearer $API_KEY")
     code="$(curl -sS -o "$body" -D "$headers" -w '%{http_code}' --max-time "$CURL_TIMEOUT" \
-        -X "$method" "$@" "$BASE_URL$path" 2>"$workdir/curl.err")" || true
+        -X "$method" "${auth[@]}" "$@" "$BASE_URL$path" 2>"$workdir/curl.err")" || true
     printf '%s' "${code:-000}"
 }
 

@@ -9,10 +9,11 @@ import uuid
 from pathlib import Path
 
 import httpx
+import pytest
 from sqlalchemy.engine import URL
 
 from payment_service.auth.keys import KEY_PATTERN
-from tests.e2e.conftest import StartProcess, hermetic_env, plain_url, run_cli
+from tests.e2e.conftest import StartProcess, hermetic_env, plain_url, run_cli, run_smoke_script
 from tests.integration.test_rate_limits import REDIS_URL, needs_redis
 
 READ = "/v1/payments?limit=1"
@@ -170,3 +171,19 @@ async def test_two_serve_processes_share_one_redis_budget(
     codes = [answer.status_code for answer in answers]
     assert codes.count(200) == 30 and codes.count(429) == 60
     assert not re.search(re.escape(key.split("_", 2)[2]), first.log_text() + second.log_text())
+
+
+async def test_smoke_script_with_a_key_passes_against_serve_that_requires_one(
+    e2e_database: URL, tmp_path: Path, start_service: StartProcess
+) -> None:
+    """`make test-api` against `serve` (AUTH_REQUIRED=true): every check passes with
+    API_KEY set, and the old anonymous calls are refused (the script fails without it)."""
+    key = await _create_key(
+        e2e_database, tmp_path, "smoke", "--scope", "read", "--scope", "charge", "--scope", "refund"
+    )
+    service = await start_service(AUTH_REQUIRED="true")
+    output = await run_smoke_script(service, API_KEY=key)
+    assert " 0 failed" in output
+    with pytest.raises(AssertionError):
+        await run_smoke_script(service)
+    assert key.split("_", 2)[2] not in service.log_text()

@@ -16,12 +16,14 @@ import httpx
 import psutil
 import pytest
 
+from payment_service.devserver import DEV_STRIPE_API_KEY
 from tests.conftest import ROOT
 from tests.e2e.conftest import (
     ServiceProcess,
     StartProcess,
     free_port,
     hermetic_env,
+    run_cli,
     run_smoke_script,
     wait_until,
 )
@@ -72,7 +74,9 @@ def dev_data_dir() -> Iterator[Path]:
         shutil.rmtree(parent, ignore_errors=True)
 
 
-async def start_dev(start_process: StartProcess, data_dir: Path, name: str) -> ServiceProcess:
+async def start_dev(
+    start_process: StartProcess, data_dir: Path, name: str, processor_port: int | None = None
+) -> ServiceProcess:
     """`payment-service dev` on free ports, with no DATABASE_URL or DB_* in its environment."""
     port = free_port()
     env = hermetic_env(EMBEDDED_PG_DIR=str(data_dir), LOG_LEVEL="INFO", ACCESS_LOG="false")
@@ -88,7 +92,7 @@ async def start_dev(start_process: StartProcess, data_dir: Path, name: str) -> S
         "--control-port",
         str(free_port()),
         "--processor-port",
-        str(free_port()),
+        str(processor_port or free_port()),
         env=env,
         name=name,
         port=port,
@@ -185,7 +189,8 @@ async def test_dev_serves_the_seed_api_and_stops_postgres_on_sigint(
     """dev with nothing configured: README's curl lines (the seed document's first) succeed in
     order, health UP, seeded payments, a charge, the smoke script passes; Ctrl-C stops
     everything, PostgreSQL included."""
-    dev = await start_dev(start_process, dev_data_dir, "dev")
+    processor_port = free_port()
+    dev = await start_dev(start_process, dev_data_dir, "dev", processor_port)
     assert "embedded PostgreSQL" in dev.log_text()
     assert postgres_processes(dev_data_dir), "no PostgreSQL on the data dir while dev runs"
 
@@ -201,6 +206,20 @@ async def test_dev_serves_the_seed_api_and_stops_postgres_on_sigint(
     charged = await charge(dev, 1101)
     assert charged.status_code == 201, charged.text
     await run_smoke_script(dev)  # `make test-api` against `make run`
+
+    # Everything went through the Stripe adapter to the sandbox processor, and its ledger
+    # agrees with ours (README: "payment-service reconcile" against `make run`).
+    reconcile_env = hermetic_env(
+        EMBEDDED_PG_DIR=str(dev_data_dir),
+        STRIPE_API_KEY=DEV_STRIPE_API_KEY,
+        STRIPE_API_BASE=f"http://127.0.0.1:{processor_port}",
+        LOG_LEVEL="WARNING",
+    )
+    reconciled = await run_cli("reconcile", env=reconcile_env, cwd=dev.cwd)
+    assert reconciled.returncode == 0, reconciled.stdout + reconciled.stderr
+    assert "0 differences" in reconciled.stdout
+    compared = int(reconciled.stdout.split("compared ")[1].split()[0])
+    assert compared >= 2, reconciled.stdout  # the seed document's charge and ours at least
 
     await stop_with_sigint(dev, dev_data_dir)
 
