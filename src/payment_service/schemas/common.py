@@ -48,10 +48,14 @@ def finite_money(value: Decimal) -> Decimal:
 SafeStr = Annotated[str, AfterValidator(safe_text)]
 """Text that PostgreSQL can store: no NUL, valid Unicode."""
 
+# At least one non-blank character: a key of only spaces is refused (the schema says so too,
+# so generated clients and fuzzers do not send one expecting success).
 IdempotencyKeyStr = Annotated[
-    str, StringConstraints(min_length=1, max_length=255), AfterValidator(safe_text)
+    str,
+    StringConstraints(min_length=1, max_length=255, pattern=r"\S"),
+    AfterValidator(safe_text),
 ]
-IdempotencyKeyHeader = Annotated[str, AfterValidator(safe_text)]
+IdempotencyKeyHeader = Annotated[str, StringConstraints(pattern=r"\S"), AfterValidator(safe_text)]
 """The `Idempotency-Key` header (its length is checked with the body's key)."""
 
 MoneyInput = Annotated[
