@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from payment_service.app import create_app
 from payment_service.sandbox.runner import Sandbox
@@ -37,11 +39,37 @@ def money_settings(database_url: str, sandbox: Sandbox, **overrides: Any) -> Set
     return make_settings(database_url, **values)
 
 
-@pytest.fixture
-async def money_client(database_url: str, peers: Sandbox) -> AsyncIterator[httpx.AsyncClient]:
-    """An httpx client over the app, whose Trip/Notification URLs are the sandbox's."""
-    application = create_app(money_settings(database_url, peers), run_dispatcher=False)
+@pytest.fixture(params=["simulator", "stripe"])
+async def money_client(
+    request: pytest.FixtureRequest, database_url: str, peers: Sandbox
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client over the app, whose Trip/Notification URLs are the sandbox's.
+
+    Every money test runs twice: with the in-process simulator, and with the Stripe
+    adapter against the sandbox processor over loopback (which must then never have
+    captured a PaymentIntent twice).
+    """
+    # Both runs of a test send the same idempotency key strings: start each without keys.
+    engine = create_async_engine(database_url)
+    async with engine.begin() as connection:
+        await connection.execute(text("DELETE FROM idempotency_keys"))
+    await engine.dispose()
+    overrides: dict[str, Any] = {}
+    if request.param == "stripe":
+        overrides = {
+            "gateway": "stripe",
+            "stripe_api_key": "sk_test_integration",
+            "stripe_api_base": peers.processor_url,
+        }
+    application = create_app(
+        money_settings(database_url, peers, **overrides),
+        run_dispatcher=False,
+        run_reconciler=False,
+    )
     async with application.router.lifespan_context(application):
         transport = httpx.ASGITransport(app=application)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
             yield http
+    if request.param == "stripe":
+        for intent in peers.processor.ledger()["payment_intents"]:
+            assert intent["capture_count"] <= 1, intent

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections import Counter
 from collections.abc import Callable
 from decimal import Decimal
@@ -288,7 +289,7 @@ async def test_unknown_trip_is_a_422_and_the_key_works_later(
     money_client: httpx.AsyncClient, peers: Sandbox, engine: AsyncEngine
 ) -> None:
     """Trip 404 -> 422 "trip not found", nothing stored; once the trip exists the key succeeds."""
-    trip_id = 777_001
+    trip_id = random.randrange(800_000, 999_999)  # unknown to the Trip service until PUT
     response = await money_client.post(CHARGE, json=body(trip_id, "late-trip"))
     assert response.status_code == 422 and "not found" in response.json()["detail"]
     assert await key_count(engine, "late-trip") == 0
@@ -315,7 +316,7 @@ async def test_trip_not_completed_is_a_422(
     money_client: httpx.AsyncClient, peers: Sandbox, engine: AsyncEngine
 ) -> None:
     """An ONGOING trip cannot be charged; after it completes the same key charges it."""
-    trip_id = 777_002
+    trip_id = random.randrange(800_000, 999_999)
     async with httpx.AsyncClient(base_url=peers.trip_url) as trips:
         trip = {
             "rider_id": 1,
