@@ -217,7 +217,10 @@ async def test_run_once_delivers_and_marks_messages(
     assert received_ids(peer) == ids
     for entry in entries:
         body, headers = entry["body"], entry["headers"]
-        assert headers["idempotency-key"] == f"outbox-{body['message_id']}"
+        event_id = str(current[body["message_id"]].event_id)
+        assert headers["idempotency-key"] == headers["webhook-id"] == body["event_id"] == event_id
+        assert headers["webhook-timestamp"]
+        assert headers["webhook-signature"] is None  # no NOTIFICATION_SIGNING_SECRET: unsigned
         assert headers["x-request-id"]
         assert body["amount"] == Decimal("99.01")  # exact, never through float
         assert body["type"] == "payment"
