@@ -8,7 +8,7 @@
     GET    /health             {"status": "UP"}
 
 Each record is `{received_at, body, headers: {idempotency-key, x-request-id, webhook-id,
-webhook-timestamp, webhook-signature, traceparent}}`.
+webhook-timestamp, webhook-signature, traceparent}, raw_body}`.
 Numbers in bodies are kept as `Decimal` (exact amounts), so compare them with
 `Decimal("99.01")` in Python, or read them back over HTTP as JSON numbers.
 
@@ -121,13 +121,21 @@ class NotificationSink:
             if self._in_flight[key] <= 0:
                 del self._in_flight[key]
 
-    def record(self, body: dict[str, Any], headers: dict[str, str | None]) -> dict[str, Any]:
-        """Store one accepted delivery (and append it to the JSONL file when there is one)."""
-        entry = {
+    def record(
+        self, body: dict[str, Any], headers: dict[str, str | None], raw_body: bytes | None = None
+    ) -> dict[str, Any]:
+        """Store one accepted delivery (and append it to the JSONL file when there is one).
+
+        `raw_body`, the bytes as received, is kept as `raw_body` text: a signature covers
+        those exact bytes, so a test can verify it again on what arrived.
+        """
+        entry: dict[str, Any] = {
             "received_at": datetime.now(UTC).isoformat(timespec="microseconds"),
             "body": body,
             "headers": {name: headers.get(name) for name in RECORDED_HEADERS},
         }
+        if raw_body is not None:
+            entry["raw_body"] = raw_body.decode("utf-8", errors="replace")
         key = delivery_key(body, entry["headers"])
         if key is not None:
             if key in self._accepted_keys:
@@ -219,7 +227,7 @@ def create_notification_app(sink: NotificationSink, faults: FaultSwitch) -> Fast
             status = await faults.gate()
             if status is not None:
                 return fault_response(status, "notification", faults.mode)
-            sink.record(body, headers)
+            sink.record(body, headers, raw)
         return {"status": "accepted"}
 
     @app.get("/v1/notifications", response_class=DecimalJSONResponse, tags=["notifications"])
