@@ -7,9 +7,12 @@ the Notification sink are the real sandbox servers on loopback.
 
 from __future__ import annotations
 
+import http.server
+import json
 import logging
+import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -49,8 +52,8 @@ async def charge_and_deliver(
     app = create_app(settings, run_dispatcher=False, tracer_provider=provider)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            response = await http.post(
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            response = await client.post(
                 CHARGE, json={"trip_id": trip_id, "method": "CARD", "idempotency_key": "traced"}
             )
         dispatcher = OutboxDispatcher(settings, app.state.session_factory, tracer_provider=provider)
@@ -150,23 +153,88 @@ async def test_log_lines_name_the_active_span(
 ) -> None:
     """Inside a span, JSON log lines carry its trace_id and span_id; outside, neither."""
     provider, _ = exporter
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
     configure_logging("INFO")
-    logger = logging.getLogger("payment_service.test_tracing")
-    with provider.get_tracer("test").start_as_current_span("work") as span:
-        logger.info("inside")
-    logger.info("outside")
-    inside, outside = (line for line in capsys.readouterr().out.splitlines() if "side" in line)
+    try:
+        logger = logging.getLogger("payment_service.test_tracing")
+        with provider.get_tracer("test").start_as_current_span("work") as span:
+            logger.info("inside")
+        logger.info("outside")
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
+    [inside] = [line for line in lines if line["message"] == "inside"]
+    [outside] = [line for line in lines if line["message"] == "outside"]
     context = span.get_span_context()
-    assert (
-        f'"trace_id":"{context.trace_id:032x}"'.replace(":", ": ")
-        in inside.replace('":"', '": "').replace(":", ": ").replace(":  ", ": ")
-        or f"{context.trace_id:032x}" in inside
-    )
-    assert f"{context.span_id:016x}" in inside
-    assert "trace_id" not in outside
+    assert inside["trace_id"] == f"{context.trace_id:032x}"
+    assert inside["span_id"] == f"{context.span_id:016x}"
+    assert "trace_id" not in outside and "span_id" not in outside
 
 
 def test_tracing_is_off_without_an_endpoint(database_url: str) -> None:
     """No OTEL_EXPORTER_OTLP_ENDPOINT: no provider, so nothing is instrumented or exported."""
     assert tracing.provider_from_settings(make_settings(database_url)) is None
     assert tracing.current_traceparent() is None
+
+
+class _Collector(http.server.BaseHTTPRequestHandler):
+    """An OTLP/HTTP collector stand-in: keeps every POSTed body, answers 200."""
+
+    received: ClassVar[list[tuple[str, bytes]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.received.append((self.path, body))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+
+@pytest.fixture
+def collector() -> Iterator[str]:
+    """The stand-in collector on a free loopback port, in a thread (the exporter blocks)."""
+    _Collector.received = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    tracing.disable()
+
+
+async def test_otlp_endpoint_exports_the_spans_over_http(
+    database_url: str, collector: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OTEL_EXPORTER_OTLP_ENDPOINT set: the app's spans reach {endpoint}/v1/traces as OTLP
+    protobuf, under OTEL_SERVICE_NAME."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    settings = make_settings(
+        database_url, otel_exporter_otlp_endpoint=collector, otel_service_name="payments-test"
+    )
+    app = create_app(settings, run_dispatcher=False)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            assert (await client.get("/v1/payments/1")).status_code in {200, 404}
+    # The lifespan flushed the batch on exit.
+
+    paths = {path for path, _ in _Collector.received}
+    assert paths == {"/v1/traces"}
+    names, services = set(), set()
+    for _, body in _Collector.received:
+        request = ExportTraceServiceRequest.FromString(body)
+        for resource_spans in request.resource_spans:
+            for attribute in resource_spans.resource.attributes:
+                if attribute.key == "service.name":
+                    services.add(attribute.value.string_value)
+            for scope in resource_spans.scope_spans:
+                names.update(span.name for span in scope.spans)
+    assert services == {"payments-test"}
+    assert "GET /v1/payments/{payment_id}" in names
