@@ -174,8 +174,13 @@ async def test_log_lines_name_the_active_span(
 
 
 def test_tracing_is_off_without_an_endpoint(database_url: str) -> None:
-    """No OTEL_EXPORTER_OTLP_ENDPOINT: no provider, so nothing is instrumented or exported."""
-    assert tracing.provider_from_settings(make_settings(database_url)) is None
+    """No OTEL_EXPORTER_OTLP_ENDPOINT: no provider, no tracing middleware, no httpx patching."""
+    settings = make_settings(database_url)
+    app = create_app(settings)
+
+    assert tracing.provider_from_settings(settings) is None
+    assert not getattr(app, "_is_instrumented_by_opentelemetry", False)  # the instrumentor's flag
+    assert tracing._provider is None
     assert tracing.current_traceparent() is None
 
 
