@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from prometheus_client import (
@@ -37,6 +38,9 @@ from payment_service.observability import (
 from payment_service.ratelimit import RateLimiter, RateLimitHeadersMiddleware
 from payment_service.settings import ConfigurationError, Settings, load_settings
 
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+
 log = logging.getLogger(__name__)
 
 DESCRIPTION = """Charges riders exactly once per trip however often the call is retried,
@@ -49,11 +53,16 @@ def create_app(
     *,
     run_dispatcher: bool | None = None,
     run_reconciler: bool | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> FastAPI:
     """Build the app; `run_dispatcher` / `run_reconciler` None follow OUTBOX_ENABLED and
-    RECONCILE_ENABLED."""
+    RECONCILE_ENABLED. Traced when OTEL_EXPORTER_OTLP_ENDPOINT is set, or with the
+    `tracer_provider` given (tests: an in-memory exporter)."""
+    from payment_service import tracing
+
     settings = settings or load_settings()
     limiter = RateLimiter(settings)
+    provider = tracer_provider or tracing.provider_from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -64,8 +73,14 @@ def create_app(
                 " or use `payment-service serve`/`dev`, which start an embedded PostgreSQL"
             )
         async with AsyncExitStack() as stack:
+            if provider is not None:
+                # Before the HTTP clients below exist; spans still buffered go out at exit.
+                tracing.enable(provider)
+                stack.callback(provider.force_flush)
             engine = create_engine(settings, url)
             stack.push_async_callback(engine.dispose)
+            if provider is not None:
+                tracing.instrument_engine(engine, provider)
             app.state.engine = engine
             app.state.session_factory = create_session_factory(engine)
             app.state.guard = Guard(
@@ -84,7 +99,9 @@ def create_app(
             if dispatch:
                 from payment_service.worker.dispatcher import OutboxDispatcher
 
-                dispatcher = OutboxDispatcher(settings, app.state.session_factory)
+                dispatcher = OutboxDispatcher(
+                    settings, app.state.session_factory, tracer_provider=provider
+                )
                 await stack.enter_async_context(dispatcher.running())
             reconcile = settings.reconcile_enabled if run_reconciler is None else run_reconciler
             if reconcile:
@@ -144,4 +161,6 @@ def create_app(
     )
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(ResponseHeadersMiddleware)
+    if provider is not None:
+        tracing.instrument_app(app, provider)  # outermost: the span covers every middleware
     return app

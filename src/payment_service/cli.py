@@ -1,7 +1,7 @@
 """The `payment-service` command line.
 
 Commands: serve, dev, migrate, seed, worker, reconcile, purge-idempotency-keys, sandbox,
-api-keys.
+api-keys, outbox.
 
 Every command turns configuration and connection problems into one line on stderr
 and a non-zero exit code, never a traceback.
@@ -24,6 +24,7 @@ import typer
 from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from payment_service.models.enums import OutboxStatus
 from payment_service.observability import configure_logging
 
 if TYPE_CHECKING:
@@ -493,6 +494,89 @@ def api_keys_revoke(
         f"revoked {count} key(s) of {name}; replicas stop accepting them within "
         f"{settings.api_key_cache_seconds:g} s"
     )
+
+
+outbox = typer.Typer(
+    no_args_is_help=True,
+    help="Notification outbox: see what stopped, send it again.",
+)
+app.add_typer(outbox, name="outbox")
+
+
+@outbox.command("list")
+def outbox_list(
+    status: Annotated[
+        OutboxStatus | None,
+        typer.Option(case_sensitive=False, help="Only messages of this status."),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10000, help="At most this many rows.")] = 50,
+) -> None:
+    """Messages, newest first, with their event id, status, attempts and last error."""
+    from payment_service.repositories.outbox import OutboxRepository
+
+    settings = _settings()
+    wanted = status
+    with _database(settings) as url:
+        rows = _run(
+            _in_transaction(
+                settings,
+                url,
+                lambda session: OutboxRepository(session).list_messages(wanted, limit),
+            )
+        )
+    if not rows:
+        typer.echo("no outbox messages" + (f" with status {wanted.value}" if wanted else ""))
+        return
+    typer.echo("ID\tEVENT_ID\tTYPE\tPAYMENT_ID\tSTATUS\tATTEMPTS\tNEXT_ATTEMPT\tLAST_ERROR")
+    for row in rows:
+        pending = row.status == OutboxStatus.PENDING.value
+        error = (row.last_error or "-").replace("\t", " ").replace("\n", " ")
+        typer.echo(
+            "\t".join(
+                (
+                    str(row.id),
+                    str(row.event_id),
+                    row.message_type,
+                    str(row.payment_id),
+                    row.status,
+                    str(row.attempts),
+                    _when(row.next_attempt_at) if pending else "-",
+                    error,
+                )
+            )
+        )
+
+
+@outbox.command("requeue")
+def outbox_requeue(
+    ids: Annotated[
+        list[int] | None, typer.Argument(help="Ids of FAILED messages.", show_default=False)
+    ] = None,
+    all_failed: Annotated[
+        bool, typer.Option("--all-failed", help="Requeue every FAILED message.")
+    ] = False,
+) -> None:
+    """FAILED messages back to PENDING, attempts reset, due now (the dispatcher sends them)."""
+    from payment_service.repositories.outbox import OutboxRepository
+
+    if bool(ids) == all_failed:
+        raise fail("give message ids or --all-failed (not both)", EXIT_CONFIG)
+    settings = _settings()
+    chosen = None if all_failed else list(ids or ())
+    with _database(settings) as url:
+        requeued = _run(
+            _in_transaction(
+                settings, url, lambda session: OutboxRepository(session).requeue(chosen)
+            )
+        )
+    if chosen is not None and (skipped := sorted(set(chosen) - set(requeued))):
+        typer.echo(
+            "not requeued (no such message, or not FAILED): " + ", ".join(map(str, skipped)),
+            err=True,
+        )
+    typer.echo(f"requeued {len(requeued)} message(s)")
+    if chosen is not None and len(requeued) < len(set(chosen)):
+        raise typer.Exit(1)
 
 
 def _register_sandbox() -> None:

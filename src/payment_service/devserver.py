@@ -7,6 +7,7 @@ the embedded PostgreSQL it started.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import secrets
@@ -53,6 +54,8 @@ async def run_dev(
 
     host = "127.0.0.1" if settings.service_host == "0.0.0.0" else settings.service_host
     webhook_secret = f"whsec_{secrets.token_hex(16)}"  # fresh per run, shared with the API
+    # Fresh per run too: the API signs notifications with it, the sandbox sink verifies them.
+    signing_secret = f"whsec_{base64.b64encode(secrets.token_bytes(24)).decode()}"
     sandbox = build_sandbox(
         SandboxConfig(
             trip_port=peer_ports[0],
@@ -62,6 +65,7 @@ async def run_dev(
             processor_api_key=DEV_STRIPE_API_KEY,
             processor_webhook_url=f"http://{host}:{port}/v1/gateway/webhooks/stripe",
             processor_webhook_secret=webhook_secret,
+            notification_signing_secret=signing_secret,
             trips_file=trips_file or default_trips_file(),
             log_level=None,
         )
@@ -77,6 +81,7 @@ async def run_dev(
                 "stripe_api_base": sandbox.processor_url,
                 "stripe_api_key": SecretStr(DEV_STRIPE_API_KEY),
                 "stripe_webhook_secret": SecretStr(webhook_secret),
+                "notification_signing_secret": SecretStr(signing_secret),
             }
         )
         server = _HostedServer(

@@ -7,6 +7,7 @@ upper-case name, with no prefix, so deploy files can be checked against this cla
 
 from __future__ import annotations
 
+import base64
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
@@ -86,6 +87,13 @@ class Settings(BaseSettings):
     trip_service_timeout_seconds: float = Field(2.0, gt=0)
     trip_service_retries: int = Field(2, ge=0, le=10)
     notification_timeout_seconds: float = Field(5.0, gt=0)
+    notification_signing_secret: SecretStr | None = None
+    """Standard Webhooks secret (`whsec_<base64>`) signing each delivery; unset, unsigned."""
+
+    # Tracing (tracing.py): OTLP/HTTP export when the endpoint is set, nothing otherwise.
+    # The standard OpenTelemetry variable names.
+    otel_exporter_otlp_endpoint: str | None = None
+    otel_service_name: str = Field("payment-service", min_length=1)
 
     # Money.
     currency: str = Field("INR", min_length=3, max_length=3)
@@ -146,6 +154,29 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"must be an http(s) URL, got {value!r}")
         return value.rstrip("/")
+
+    @field_validator("otel_exporter_otlp_endpoint")
+    @classmethod
+    def _otlp_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http(s) URL, got {value!r}")
+        return value.rstrip("/") if value is not None else None
+
+    @field_validator("notification_signing_secret")
+    @classmethod
+    def _signing_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            import binascii
+
+            raw = value.get_secret_value()
+            try:
+                key = base64.b64decode(raw.removeprefix("whsec_"), validate=True)
+            except (binascii.Error, ValueError):
+                key = b""
+            if not raw.startswith("whsec_") or len(key) < 16:
+                # Never echo the value: it is a secret.
+                raise ValueError("must be whsec_ followed by base64 of at least 16 bytes")
+        return value
 
     @field_validator("redis_url")
     @classmethod

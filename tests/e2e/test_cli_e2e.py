@@ -20,6 +20,7 @@ COMMANDS = (
     "purge-idempotency-keys",
     "sandbox",
     "api-keys",
+    "outbox",
 )
 
 

@@ -172,6 +172,27 @@ async def check_seed_document_outcome(client: httpx.AsyncClient) -> None:
     assert mismatch.status_code == 422 and "rider_id 101" in mismatch.json()["detail"]
 
 
+async def check_signed_notifications(dev: ServiceProcess, payment_id: int) -> None:
+    """dev's per-run secret is on both sides: the charge's notification arrives signed and
+    verified by the sandbox sink, which has counted no bad signature."""
+    found = re.search(r'"notification_service": "(http://[^"]+)"', dev.log_text())
+    assert found, "dev did not log the Notification service's URL"
+    async with httpx.AsyncClient(base_url=found.group(1), timeout=5) as sink:
+
+        async def delivered() -> bool:
+            stats = (await sink.get("/v1/notifications")).json()
+            return any(
+                entry["body"].get("payment_id") == payment_id for entry in stats["notifications"]
+            )
+
+        await wait_until(delivered, 15, "the charge's notification never reached the sink")
+        stats = (await sink.get("/v1/notifications")).json()
+    assert stats["bad_signatures"] == 0 and stats["signatures_checked"] >= 1
+    [entry] = [e for e in stats["notifications"] if e["body"].get("payment_id") == payment_id]
+    assert entry["headers"]["webhook-signature"].startswith("v1,")
+    assert entry["headers"]["webhook-id"] == entry["body"]["event_id"]
+
+
 async def stop_with_sigint(dev: ServiceProcess, data_dir: Path) -> None:
     """Ctrl-C: the process exits 0 and takes its PostgreSQL down with it."""
     dev.send_signal(signal.SIGINT)
@@ -205,6 +226,7 @@ async def test_dev_serves_the_seed_api_and_stops_postgres_on_sigint(
         assert {row["status"] for row in page.json()["payments"]} == {"SUCCESS"}
     charged = await charge(dev, 1101)
     assert charged.status_code == 201, charged.text
+    await check_signed_notifications(dev, charged.json()["payment_id"])
     await run_smoke_script(dev)  # `make test-api` against `make run`
 
     # Everything went through the Stripe adapter to the sandbox processor, and its ledger

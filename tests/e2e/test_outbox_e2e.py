@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
+from standardwebhooks import Webhook
 
 from payment_service.db import create_engine, create_session_factory
 from payment_service.models import OutboxMessage
@@ -24,6 +26,7 @@ from tests.conftest import insert_payment, make_settings
 
 CLI = Path(sys.executable).with_name("payment-service")
 WAIT_SECONDS = 15.0
+SIGNING_SECRET = "whsec_" + base64.b64encode(b"worker-e2e-signing-secret-0001").decode()
 
 
 @pytest.fixture
@@ -34,6 +37,7 @@ async def notification_peer() -> AsyncIterator[Sandbox]:
         processor_port=0,
         control_port=0,
         trips_file=None,
+        notification_signing_secret=SIGNING_SECRET,
         log_level=None,
     )
     async with build_sandbox(config) as sandbox:
@@ -44,7 +48,8 @@ async def notification_peer() -> AsyncIterator[Sandbox]:
 async def test_worker_command_delivers_and_stops_on_sigterm(
     notification_peer: Sandbox, database_url: str, empty_db: AsyncEngine, tmp_path: Path
 ) -> None:
-    """The worker delivers what is due, then exits 0 on SIGTERM with the outbox marked."""
+    """The worker delivers what is due, signed with NOTIFICATION_SIGNING_SECRET (the sink
+    verifies), then exits 0 on SIGTERM with the outbox marked."""
     settings = make_settings(database_url)
     engine = create_engine(settings, make_url(database_url))
     sessions = create_session_factory(engine)
@@ -63,6 +68,7 @@ async def test_worker_command_delivers_and_stops_on_sigterm(
         env.update(
             DATABASE_URL=database_url,
             NOTIFICATION_SERVICE_URL=notification_peer.notification_url,
+            NOTIFICATION_SIGNING_SECRET=SIGNING_SECRET,
             OUTBOX_POLL_INTERVAL_SECONDS="0.05",
             LOG_LEVEL="INFO",
             GATEWAY="simulator",
@@ -107,3 +113,9 @@ async def test_worker_command_delivers_and_stops_on_sigterm(
     bodies = [entry["body"] for entry in notification_peer.notifications.notifications]
     assert all(body["amount"] == Decimal("10.50") for body in bodies)
     assert notification_peer.notifications.duplicates == 0
+    assert notification_peer.notifications.bad_signatures == 0
+    for entry in notification_peer.notifications.notifications:
+        headers = {name: value for name, value in entry["headers"].items() if value is not None}
+        verified = Webhook(SIGNING_SECRET).verify(entry["raw_body"], headers)
+        assert verified["event_id"] == headers["webhook-id"] == headers["idempotency-key"]
+    assert SIGNING_SECRET not in stdout.decode() + stderr.decode()  # never logged

@@ -381,3 +381,72 @@ async def test_idempotency_key_for_a_missing_payment_is_rejected(db: AsyncConnec
                 "'IN_PROGRESS', now() + interval '1 day', 999999999999)"
             )
         )
+
+
+async def _first_outbox_event_id(url: URL) -> uuid.UUID:
+    """Enqueue one message (on a payment of its own) in a fresh database; its event id."""
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from payment_service.repositories.outbox import OutboxRepository
+    from tests.conftest import insert_payment
+
+    engine = create_async_engine(url)
+    try:
+        async with AsyncSession(engine) as session, session.begin():
+            payment_id = await insert_payment(session)
+            await OutboxRepository(session).enqueue("payment", payment_id, {"type": "payment"})
+            row = (
+                await session.execute(text("SELECT id, event_id FROM notification_outbox"))
+            ).one()
+    finally:
+        await engine.dispose()
+    assert row.id == 1  # the same local id in both databases...
+    return row.event_id
+
+
+async def test_two_databases_give_their_first_messages_different_event_ids(
+    throwaway_url: URL, server_url: URL
+) -> None:
+    """`outbox-1` repeated between databases; the event id (the receiver's key) does not."""
+    name = f"payment_mig_{uuid.uuid4().hex[:10]}"
+    await admin_sql(server_url, f'CREATE DATABASE "{name}"')
+    other = server_url.set(database=name)
+    try:
+        await upgrade(throwaway_url)
+        await upgrade(other)
+        first, second = (
+            await _first_outbox_event_id(throwaway_url),
+            await _first_outbox_event_id(other),
+        )
+    finally:
+        await admin_sql(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    assert first != second  # ...but different event ids
+
+
+async def test_0007_gives_existing_outbox_rows_distinct_event_ids(throwaway_url: URL) -> None:
+    """Rows from before 0007 are backfilled, each with its own UUID; new rows get one too."""
+    await upgrade(throwaway_url, "0006")
+    engine = create_async_engine(throwaway_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "INSERT INTO payments (trip_id, amount, method, status, reference) "
+                    "VALUES (1, 10.00, 'CASH', 'SUCCESS', 'MIG-0007')"
+                )
+            )
+            await connection.execute(
+                text(
+                    "INSERT INTO notification_outbox (message_type, payment_id, payload) "
+                    "SELECT 'payment', id, '{}'::jsonb FROM payments, generate_series(1, 3)"
+                )
+            )
+        await upgrade(throwaway_url)
+        async with engine.connect() as connection:
+            ids = (
+                await connection.execute(text("SELECT event_id FROM notification_outbox"))
+            ).scalars()
+            event_ids = list(ids)
+    finally:
+        await engine.dispose()
+    assert len(set(event_ids)) == 3 and None not in event_ids

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -18,6 +19,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from standardwebhooks import Webhook
 
 from payment_service.db import create_engine, create_session_factory
 from payment_service.jsonutil import dumps, loads
@@ -217,7 +219,10 @@ async def test_run_once_delivers_and_marks_messages(
     assert received_ids(peer) == ids
     for entry in entries:
         body, headers = entry["body"], entry["headers"]
-        assert headers["idempotency-key"] == f"outbox-{body['message_id']}"
+        event_id = str(current[body["message_id"]].event_id)
+        assert headers["idempotency-key"] == headers["webhook-id"] == body["event_id"] == event_id
+        assert headers["webhook-timestamp"]
+        assert headers["webhook-signature"] is None  # no NOTIFICATION_SIGNING_SECRET: unsigned
         assert headers["x-request-id"]
         assert body["amount"] == Decimal("99.01")  # exact, never through float
         assert body["type"] == "payment"
@@ -496,3 +501,70 @@ async def test_loop_survives_a_session_factory_that_fails(
 
 async def _logged(caplog: pytest.LogCaptureFixture, message: str) -> bool:
     return any(record.getMessage() == message for record in caplog.records)
+
+
+# -- signed deliveries (Standard Webhooks) -------------------------------------
+
+SIGNING_SECRET = "whsec_" + base64.b64encode(b"outbox-signing-test-secret-0001").decode()
+OTHER_SECRET = "whsec_" + base64.b64encode(b"not-the-secret-the-sink-knows-2").decode()
+
+
+@pytest.fixture
+def verifying_peer(peer: Sandbox) -> Iterator[Sandbox]:
+    """The sandbox sink verifying deliveries with SIGNING_SECRET, for one test."""
+    peer.notifications.use_secret(SIGNING_SECRET)
+    yield peer
+    peer.notifications.use_secret(None)
+
+
+async def test_signed_deliveries_verify_with_the_standardwebhooks_library(
+    verifying_peer: Sandbox, outbox_settings: Callable[..., Settings], sessions: SessionFactory
+) -> None:
+    """What the sink received verifies with `Webhook(secret).verify`: id, timestamp, body."""
+    ids = await enqueue(sessions, 2)
+    dispatcher = OutboxDispatcher(
+        outbox_settings(notification_signing_secret=SIGNING_SECRET), sessions
+    )
+
+    assert await dispatcher.run_once() == 2
+
+    current = await rows(sessions)
+    entries = verifying_peer.notifications.notifications
+    assert sorted(entry["body"]["message_id"] for entry in entries) == ids
+    for entry in entries:
+        headers = {name: value for name, value in entry["headers"].items() if value is not None}
+        verified = Webhook(SIGNING_SECRET).verify(entry["raw_body"], headers)
+        event_id = str(current[verified["message_id"]].event_id)
+        assert verified["event_id"] == headers["webhook-id"] == event_id
+        assert headers["idempotency-key"] == event_id
+        assert headers["webhook-signature"].startswith("v1,")
+    assert verifying_peer.notifications.bad_signatures == 0
+
+
+async def test_a_sink_with_another_secret_counts_a_bad_signature_and_the_message_retries(
+    verifying_peer: Sandbox, outbox_settings: Callable[..., Settings], sessions: SessionFactory
+) -> None:
+    """Signed with a secret the receiver does not know: refused (401), counted, kept PENDING."""
+    [message_id] = await enqueue(sessions, 1)
+    dispatcher = OutboxDispatcher(
+        outbox_settings(notification_signing_secret=OTHER_SECRET), sessions
+    )
+
+    assert await dispatcher.run_once() == 0
+
+    async with httpx.AsyncClient() as http:
+        stats = (await http.get(f"{verifying_peer.notification_url}/v1/notifications")).json()
+    assert (stats["count"], stats["bad_signatures"]) == (0, 1)
+    row = (await rows(sessions))[message_id]
+    assert (row.status, row.attempts) == ("PENDING", 1)
+    assert row.last_error == "the Notification service answered 401"
+
+
+async def test_unsigned_deliveries_fail_a_verifying_sink(
+    verifying_peer: Sandbox, outbox_settings: Callable[..., Settings], sessions: SessionFactory
+) -> None:
+    """No NOTIFICATION_SIGNING_SECRET: no webhook-signature, which a verifying sink refuses."""
+    await enqueue(sessions, 1)
+
+    assert await OutboxDispatcher(outbox_settings(), sessions).run_once() == 0
+    assert verifying_peer.notifications.bad_signatures == 1

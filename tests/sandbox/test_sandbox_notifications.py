@@ -1,12 +1,15 @@
 """The sandbox Notification service: recording, listing, clearing and duplicate detection."""
 
 import asyncio
-from datetime import datetime
+import base64
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import httpx
 import pytest
+from standardwebhooks import Webhook
 
 from payment_service.sandbox import NotificationSink, Sandbox
 
@@ -37,7 +40,15 @@ async def test_delivery_is_recorded_listed_and_cleared(
     assert answer["concurrent_duplicates"] == 0
     [record] = answer["notifications"]
     assert record["body"] == body
-    assert record["headers"] == {"idempotency-key": "outbox-1", "x-request-id": "req-9"}
+    assert record["headers"] == {
+        "idempotency-key": "outbox-1",
+        "x-request-id": "req-9",
+        "webhook-id": None,
+        "webhook-timestamp": None,
+        "webhook-signature": None,
+        "traceparent": None,
+    }
+    assert answer["bad_signatures"] == 0
     assert datetime.fromisoformat(record["received_at"]).tzinfo is not None
     assert '"amount":99.01' in listed.text
     assert cleared.json() == {"cleared": 1}
@@ -52,7 +63,7 @@ async def test_missing_headers_are_recorded_as_null(
 
     [record] = sandbox.notifications.notifications
 
-    assert record["headers"] == {"idempotency-key": None, "x-request-id": None}
+    assert set(record["headers"].values()) == {None}
     assert sandbox.notifications.matching(type="refund") == [{"type": "refund"}]
 
 
@@ -157,3 +168,75 @@ def test_corrupt_jsonl_file_names_the_line(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match=r"notifications.jsonl:2"):
         NotificationSink(path)
+
+
+# -- Standard Webhooks signatures ---------------------------------------------
+
+SECRET = "whsec_" + base64.b64encode(b"sandbox-test-secret-0123456789").decode()
+OTHER_SECRET = "whsec_" + base64.b64encode(b"some-other-secret-abcdefghijk").decode()
+
+
+def _signed(secret: str, msg_id: str, body: bytes) -> dict[str, str]:
+    """Headers a Standard Webhooks sender would send, signed with `secret`."""
+    now = datetime.now(UTC)
+    return {
+        "content-type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": Webhook(secret).sign(msg_id, now, body.decode()),
+    }
+
+
+@pytest.fixture
+def verifying(sandbox: Sandbox) -> Iterator[Sandbox]:
+    """The sandbox's sink verifying signatures with SECRET, for one test."""
+    sandbox.notifications.use_secret(SECRET)
+    yield sandbox
+    sandbox.notifications.use_secret(None)
+
+
+async def test_a_correctly_signed_delivery_is_accepted(
+    verifying: Sandbox, client: httpx.AsyncClient
+) -> None:
+    """With a secret, a delivery signed with it is recorded and nothing counts as bad."""
+    body = b'{"type":"payment","payment_id":1}'
+    response = await client.post(
+        _notifications_url(verifying), content=body, headers=_signed(SECRET, "evt-1", body)
+    )
+
+    assert response.status_code == 202
+    stats = (await client.get(_notifications_url(verifying))).json()
+    assert (stats["count"], stats["bad_signatures"], stats["signatures_checked"]) == (1, 0, 1)
+    assert stats["notifications"][0]["headers"]["webhook-id"] == "evt-1"
+
+
+@pytest.mark.parametrize("how", ["other secret", "unsigned", "body changed"])
+async def test_a_badly_signed_delivery_is_refused_and_counted(
+    verifying: Sandbox, client: httpx.AsyncClient, how: str
+) -> None:
+    """Another secret, no signature or a tampered body: 401, not recorded, bad_signatures + 1."""
+    body = b'{"type":"payment","payment_id":1}'
+    headers = _signed(OTHER_SECRET if how == "other secret" else SECRET, "evt-2", body)
+    if how == "unsigned":
+        del headers["webhook-signature"]
+    sent = body.replace(b"1}", b"2}") if how == "body changed" else body
+
+    response = await client.post(_notifications_url(verifying), content=sent, headers=headers)
+
+    assert response.status_code == 401
+    stats = (await client.get(_notifications_url(verifying))).json()
+    assert (stats["count"], stats["bad_signatures"]) == (0, 1)
+
+
+async def test_redeliveries_are_recognised_by_webhook_id(
+    sandbox: Sandbox, client: httpx.AsyncClient
+) -> None:
+    """The same `webhook-id` twice is one duplicate, whatever the Idempotency-Key says."""
+    for key in ("a", "b"):
+        await client.post(
+            _notifications_url(sandbox),
+            json={"type": "payment"},
+            headers={"webhook-id": "evt-3", "Idempotency-Key": key},
+        )
+
+    assert sandbox.notifications.duplicates == 1

@@ -2,17 +2,23 @@
 
 `send` POSTs one outbox message to `/v1/notifications` and either returns (a 2xx)
 or raises `NotificationDeliveryError`; the dispatcher never sees httpx exceptions.
-Each delivery carries `Idempotency-Key: outbox-<id>` and the body's `message_id`,
-so the receiver can drop the redeliveries that at-least-once delivery implies.
+Each delivery carries the message's global `event_id` (a UUID) as `Idempotency-Key`
+and as the Standard Webhooks `webhook-id` (and in the body, beside the local
+`message_id`), so the receiver can drop the redeliveries that at-least-once
+delivery implies. With NOTIFICATION_SIGNING_SECRET set, `webhook-signature` signs
+`<webhook-id>.<webhook-timestamp>.<body>` (the official `standardwebhooks` library),
+so the receiver can also tell our messages from anyone else's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+from standardwebhooks import Webhook
 
 from payment_service.clients.http import PeerClient
 from payment_service.jsonutil import dumps
@@ -21,6 +27,9 @@ from payment_service.settings import Settings
 
 NOTIFICATIONS_PATH = "/v1/notifications"
 IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+WEBHOOK_ID_HEADER = "webhook-id"
+WEBHOOK_TIMESTAMP_HEADER = "webhook-timestamp"
+WEBHOOK_SIGNATURE_HEADER = "webhook-signature"
 
 
 class NotificationDeliveryError(Exception):
@@ -32,9 +41,9 @@ class NotificationDeliveryError(Exception):
         self.status_code = status_code
 
 
-def idempotency_key(message_id: int) -> str:
-    """The key the receiver deduplicates on; stable across every redelivery of a message."""
-    return f"outbox-{message_id}"
+def idempotency_key(event_id: uuid.UUID) -> str:
+    """The key the receiver deduplicates on: stable across redeliveries, unique across databases."""
+    return str(event_id)
 
 
 class NotificationClient(PeerClient):
@@ -49,20 +58,43 @@ class NotificationClient(PeerClient):
             transport=transport,
         )
         self._settings = settings
+        secret = settings.notification_signing_secret
+        self._signer = Webhook(secret.get_secret_value()) if secret is not None else None
 
-    async def send(self, message_id: int, payload: dict[str, Any], request_id: str | None) -> None:
+    def headers(self, event_id: uuid.UUID, body: bytes, request_id: str | None) -> dict[str, str]:
+        """The delivery's headers; signed (Standard Webhooks v1) when a secret is configured."""
+        webhook_id = idempotency_key(event_id)
+        now = datetime.now(UTC)
+        headers = {
+            "Content-Type": "application/json",
+            IDEMPOTENCY_KEY_HEADER: webhook_id,
+            WEBHOOK_ID_HEADER: webhook_id,
+            WEBHOOK_TIMESTAMP_HEADER: str(int(now.timestamp())),
+            REQUEST_ID_HEADER: request_id or uuid.uuid4().hex,
+        }
+        if self._signer is not None:
+            headers[WEBHOOK_SIGNATURE_HEADER] = self._signer.sign(
+                webhook_id, now, body.decode("utf-8")
+            )
+        return headers
+
+    async def send(
+        self,
+        event_id: uuid.UUID,
+        message_id: int,
+        payload: dict[str, Any],
+        request_id: str | None,
+    ) -> None:
         """Deliver one message; returns on a 2xx, raises NotificationDeliveryError otherwise.
 
         The whole call (connect, write, read) is bounded by NOTIFICATION_TIMEOUT_SECONDS,
         not only each phase, so the dispatcher's lease on the message always outlasts it.
+        Each attempt is signed afresh: the timestamp is the attempt's, as receivers that
+        reject old timestamps (replay protection) expect.
         """
         timeout = self._settings.notification_timeout_seconds
-        body = dumps({**payload, "message_id": message_id})
-        headers = {
-            "Content-Type": "application/json",
-            IDEMPOTENCY_KEY_HEADER: idempotency_key(message_id),
-            REQUEST_ID_HEADER: request_id or uuid.uuid4().hex,
-        }
+        body = dumps({**payload, "message_id": message_id, "event_id": str(event_id)})
+        headers = self.headers(event_id, body, request_id)
         try:
             async with asyncio.timeout(timeout):
                 response = await self.http.post(NOTIFICATIONS_PATH, content=body, headers=headers)

@@ -11,6 +11,8 @@ a retry or release only applies while the row still carries that exact value.
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from payment_service.models import OutboxMessage
 from payment_service.models.enums import OutboxStatus
+from payment_service.tracing import current_traceparent
 
 LAST_ERROR_MAX_CHARS = 500
 
@@ -34,6 +37,22 @@ class ClaimedMessage:
     payload: dict[str, Any]
     attempts: int
     lease_until: datetime
+    event_id: uuid.UUID
+    traceparent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """What `payment-service outbox list` shows of a message: never its payload."""
+
+    id: int
+    event_id: uuid.UUID
+    message_type: str
+    payment_id: int
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
 
 
 def _seconds(value: float) -> Any:
@@ -45,10 +64,17 @@ class OutboxRepository:
         self.session = session
 
     async def enqueue(self, message_type: str, payment_id: int, payload: dict[str, Any]) -> None:
-        """Add a message in the caller's transaction: it commits or vanishes with the payment."""
+        """Add a message in the caller's transaction: it commits or vanishes with the payment.
+
+        The current trace context is stored with it, so the delivery (later, in another
+        task or process) is traced as part of the charge or refund that caused it.
+        """
         await self.session.execute(
             insert(OutboxMessage).values(
-                message_type=message_type, payment_id=payment_id, payload=payload
+                message_type=message_type,
+                payment_id=payment_id,
+                payload=payload,
+                traceparent=current_traceparent(),
             )
         )
 
@@ -80,6 +106,8 @@ class OutboxRepository:
                 OutboxMessage.payload,
                 OutboxMessage.attempts,
                 OutboxMessage.next_attempt_at,
+                OutboxMessage.event_id,
+                OutboxMessage.traceparent,
             )
             .execution_options(synchronize_session=False)
         )
@@ -151,6 +179,45 @@ class OutboxRepository:
             .execution_options(synchronize_session=False)
         )
         return (await self.session.execute(statement)).rowcount == 1  # type: ignore[attr-defined]
+
+    async def list_messages(
+        self, status: OutboxStatus | None = None, limit: int = 50
+    ) -> list[OutboxRow]:
+        """Messages for operators, newest first (optionally of one status)."""
+        statement = (
+            select(
+                OutboxMessage.id,
+                OutboxMessage.event_id,
+                OutboxMessage.message_type,
+                OutboxMessage.payment_id,
+                OutboxMessage.status,
+                OutboxMessage.attempts,
+                OutboxMessage.next_attempt_at,
+                OutboxMessage.last_error,
+            )
+            .order_by(OutboxMessage.id.desc())
+            .limit(limit)
+        )
+        if status is not None:
+            statement = statement.where(OutboxMessage.status == status.value)
+        return [OutboxRow(*row) for row in (await self.session.execute(statement)).all()]
+
+    async def requeue(self, ids: Sequence[int] | None = None) -> list[int]:
+        """FAILED -> PENDING with attempts reset, due now: the given ids, or every FAILED row.
+
+        Only FAILED rows move (a PENDING one may be on the wire, a DELIVERED one arrived);
+        `last_error` stays until the next attempt replaces it. Returns the ids requeued.
+        """
+        statement = (
+            update(OutboxMessage)
+            .where(OutboxMessage.status == OutboxStatus.FAILED.value)
+            .values(status=OutboxStatus.PENDING.value, attempts=0, next_attempt_at=func.now())
+            .returning(OutboxMessage.id)
+            .execution_options(synchronize_session=False)
+        )
+        if ids is not None:
+            statement = statement.where(OutboxMessage.id.in_(list(ids)))
+        return sorted((await self.session.execute(statement)).scalars())
 
     @staticmethod
     def _still_leased(message: ClaimedMessage) -> tuple[Any, ...]:

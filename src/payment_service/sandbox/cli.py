@@ -86,6 +86,15 @@ def sandbox(
             show_default=False,
         ),
     ] = None,
+    notification_signing_secret: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SANDBOX_NOTIFICATION_SIGNING_SECRET",
+            help="Standard Webhooks secret (whsec_...) the Notification service verifies "
+            "deliveries with (the API's NOTIFICATION_SIGNING_SECRET); unset, no check.",
+            show_default=False,
+        ),
+    ] = None,
     delay: Annotated[
         float,
         typer.Option(
@@ -128,6 +137,7 @@ def sandbox(
             processor_api_key=processor_api_key,
             processor_webhook_url=processor_webhook_url,
             processor_webhook_secret=processor_webhook_secret,
+            notification_signing_secret=notification_signing_secret,
             notifications_file=notifications_file,
             trip_mode=trip_mode,
             notification_mode=notification_mode,

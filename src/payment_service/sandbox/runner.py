@@ -71,6 +71,8 @@ class SandboxConfig:
     key it takes; it signs webhooks to `processor_webhook_url` only when
     `processor_webhook_secret` is set too. Its pending charges and refunds settle
     after `delay_seconds` (the fault's own delay when set over the control API).
+    The Notification service verifies Standard Webhooks signatures with
+    `notification_signing_secret` (`whsec_...`) when it is set.
     """
 
     host: str = "127.0.0.1"
@@ -86,6 +88,7 @@ class SandboxConfig:
     processor_api_key: str | None = None
     processor_webhook_url: str | None = None
     processor_webhook_secret: str | None = None
+    notification_signing_secret: str | None = None
     delay_seconds: float = DEFAULT_DELAY_SECONDS
     fail_status: int = DEFAULT_FAIL_STATUS
     flaky_count: int = DEFAULT_FLAKY_COUNT
@@ -448,9 +451,15 @@ def build_sandbox(config: SandboxConfig) -> Sandbox:
         )
     try:
         trips = TripStore.from_csv(trips_file) if trips_file is not None else TripStore()
-        notifications = NotificationSink(config.notifications_file)
+        notifications = NotificationSink(
+            config.notifications_file, secret=config.notification_signing_secret
+        )
     except (TripFileError, OSError, ValueError) as exc:
         raise SandboxError(str(exc)) from exc
+    except Exception as exc:  # the library rejects a secret that is not base64
+        raise SandboxError(
+            f"notification signing secret is not usable: {type(exc).__name__}"
+        ) from exc
 
     def switch(mode: FaultMode, modes: frozenset[FaultMode] = COMMON_MODES) -> FaultSwitch:
         """A fault switch with the configured defaults."""

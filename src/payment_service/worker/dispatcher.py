@@ -5,8 +5,10 @@ One batch (`run_once`) is three steps, none of which holds a transaction across 
 1. claim: one short transaction leases up to OUTBOX_BATCH_SIZE due PENDING rows
    (`FOR UPDATE SKIP LOCKED`, then `next_attempt_at = now() + lease`), and
    refreshes the `outbox_pending` gauge;
-2. deliver: POST each message (a bounded number at once) with
-   `Idempotency-Key: outbox-<id>`; a delivery only starts while enough of the
+2. deliver: POST each message (a bounded number at once) with its global
+   `event_id` as `Idempotency-Key` and `webhook-id` (signed when
+   NOTIFICATION_SIGNING_SECRET is set), in a span that continues the trace the
+   message was enqueued in; a delivery only starts while enough of the
    lease is left for it to finish, so no other replica can claim a message that
    is still on the wire;
 3. mark: one short transaction records DELIVERED, or a failed attempt retried
@@ -15,7 +17,7 @@ One batch (`run_once`) is three steps, none of which holds a transaction across 
 
 A crash between 2 and 3 leaves the rows leased; they come due again when the
 lease ends and are sent again -- at-least-once, which the idempotency key and
-`message_id` let the receiver absorb.
+`event_id` let the receiver absorb.
 
 `running()` polls every OUTBOX_POLL_INTERVAL_SECONDS (at once again after a full
 batch that delivered something). Database and delivery failures are logged and
@@ -33,8 +35,10 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
 
 import httpx
+from opentelemetry import trace
 from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -48,6 +52,10 @@ from payment_service.observability import (
 from payment_service.repositories.outbox import ClaimedMessage, OutboxRepository
 from payment_service.settings import Settings
 from payment_service.signals import stop_on_signals
+from payment_service.tracing import context_from_traceparent, tracer
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +115,7 @@ class OutboxDispatcher:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -117,6 +126,7 @@ class OutboxDispatcher:
         self._client: NotificationClient | None = None
         self._stopping: asyncio.Event | None = None
         self._rng = random.Random()
+        self._tracer = tracer(tracer_provider)
 
     @property
     def lease_seconds(self) -> float:
@@ -184,14 +194,39 @@ class OutboxDispatcher:
         request_id = message.payload.get("request_id")
         if not isinstance(request_id, str) or not request_id:
             request_id = uuid.uuid4().hex
+        # A child of the span the message was enqueued in: the delivery joins the charge's
+        # trace (and the httpx span inside it forwards `traceparent` to the receiver).
+        with self._tracer.start_as_current_span(
+            "outbox deliver",
+            context=context_from_traceparent(message.traceparent),
+            kind=trace.SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "payment-service.outbox",
+                "messaging.message.id": str(message.event_id),
+                "outbox.message_id": message.id,
+                "outbox.message_type": message.message_type,
+                "outbox.attempt": message.attempts + 1,
+            },
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            result = await self._send(client, message, request_id)
+            if result.outcome is _Outcome.FAILED:
+                span.set_status(trace.StatusCode.ERROR, result.error)
+            return result
+
+    async def _send(
+        self, client: NotificationClient, message: ClaimedMessage, request_id: str
+    ) -> _Result:
         try:
-            await client.send(message.id, message.payload, request_id)
+            await client.send(message.event_id, message.id, message.payload, request_id)
         except NotificationDeliveryError as exc:
             OUTBOX_DELIVERY_FAILURES.inc()
             log.warning(
                 "notification delivery failed",
                 extra={
                     "message_id": message.id,
+                    "event_id": str(message.event_id),
                     "message_type": message.message_type,
                     "payment_id": message.payment_id,
                     "attempt": message.attempts + 1,
@@ -359,15 +394,22 @@ def _describe(exc: BaseException) -> str:
 
 async def run_worker(settings: Settings, url: URL) -> None:
     """`payment-service worker`: the dispatcher and the reconciler until SIGINT or SIGTERM."""
+    from payment_service import tracing
     from payment_service.clients.gateway import build_gateway
     from payment_service.db import create_engine, create_session_factory
     from payment_service.worker.reconciler import Reconciler
 
+    # Before any httpx client exists, so the Stripe SDK's is traced too.
+    provider = tracing.provider_from_settings(settings)
+    if provider is not None:
+        tracing.enable(provider)
     engine = create_engine(settings, url)
+    if provider is not None:
+        tracing.instrument_engine(engine, provider)
     gateway = build_gateway(settings)
     try:
         session_factory = create_session_factory(engine)
-        dispatcher = OutboxDispatcher(settings, session_factory)
+        dispatcher = OutboxDispatcher(settings, session_factory, tracer_provider=provider)
         async with contextlib.AsyncExitStack() as stack:
             stop = await stack.enter_async_context(stop_on_signals())
             await stack.enter_async_context(dispatcher.running())
@@ -380,3 +422,5 @@ async def run_worker(settings: Settings, url: URL) -> None:
     finally:
         await gateway.aclose()
         await engine.dispose()
+        if provider is not None:
+            provider.shutdown()  # exports what is still buffered
