@@ -6,11 +6,11 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from alembic.config import Config
 from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from alembic import command
+from alembic.config import Config
 
 
 def find_alembic_ini() -> Path:
@@ -19,7 +19,7 @@ def find_alembic_ini() -> Path:
     if env := os.environ.get("ALEMBIC_CONFIG"):
         candidates.append(Path(env))
     candidates.append(Path.cwd() / "alembic.ini")
-    candidates.append(Path(__file__).resolve().parents[2] / "alembic.ini")
+    candidates.append(Path(__file__).resolve().parents[3] / "alembic.ini")
     for candidate in candidates:
         if candidate.is_file():
             return candidate
