@@ -54,11 +54,8 @@ ENV PATH="/opt/venv/bin:${PATH}" \
 
 COPY --from=build /opt/venv /opt/venv
 
-# The CLI finds the migrations and the seed file in its working directory.
+# The wheel carries the migrations and the seed CSVs: /app only is the working directory.
 WORKDIR /app
-COPY alembic.ini ./
-COPY alembic ./alembic
-COPY seeds/rhfd_payments.csv seeds/rhfd_trips.csv ./seeds/
 
 USER 10001:10001
 EXPOSE 8082

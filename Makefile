@@ -22,7 +22,7 @@ CONTROL_PORT ?= 8085
 
 .DEFAULT_GOAL := help
 
-.PHONY: help venv run test test-fast lint format lock check-lock mypy
+.PHONY: help venv run test test-fast lint format lock check-lock migration
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -55,6 +55,11 @@ test: check-lock $(STAMP) ## Run the whole test suite (TEST_DATABASE_URL, else a
 
 test-fast: $(STAMP) ## Unit and integration tests only (no end-to-end servers)
 	$(BIN)/pytest tests/unit tests/integration
+
+# Migrations live in the package (the wheel ships them): src/payment_service/migrations/versions/.
+migration: $(STAMP) ## New Alembic migration in src/payment_service/migrations/versions/ (MSG="what it does")
+	@test -n "$(MSG)" || { echo "error: name the migration: make migration MSG=\"add a column\"" >&2; exit 1; }
+	$(BIN)/alembic revision -m "$(MSG)"
 
 lint: $(STAMP) ## ruff check and format check
 	$(BIN)/ruff check .
