@@ -51,6 +51,7 @@ test: check-lock $(STAMP) ## Run the whole test suite (TEST_DATABASE_URL, else a
 	@bash scripts/ci-tools.sh || echo "warning: kubectl/promtool could not be installed; their checks skip here (CI installs them)" >&2
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 test-fast: $(STAMP) ## Unit and integration tests only (no end-to-end servers)
@@ -61,9 +62,10 @@ migration: $(STAMP) ## New Alembic migration in src/payment_service/migrations/v
 	@test -n "$(MSG)" || { echo "error: name the migration: make migration MSG=\"add a column\"" >&2; exit 1; }
 	$(BIN)/alembic revision -m "$(MSG)"
 
-lint: $(STAMP) ## ruff check and format check
+lint: $(STAMP) ## ruff check and format check, mypy --strict on src/ ([tool.mypy])
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: $(STAMP) ## ruff format + fix imports
 	$(BIN)/ruff check --fix .

@@ -82,12 +82,13 @@ class NotificationSink:
 
     def record(self, body: dict[str, Any], headers: dict[str, str | None]) -> dict[str, Any]:
         """Store one accepted delivery (and append it to the JSONL file when there is one)."""
+        recorded = {name: headers.get(name) for name in RECORDED_HEADERS}
         entry = {
             "received_at": datetime.now(UTC).isoformat(timespec="microseconds"),
             "body": body,
-            "headers": {name: headers.get(name) for name in RECORDED_HEADERS},
+            "headers": recorded,
         }
-        key = delivery_key(body, entry["headers"])
+        key = delivery_key(body, recorded)
         if key is not None:
             if key in self._accepted_keys:
                 self.duplicates += 1

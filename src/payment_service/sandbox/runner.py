@@ -50,7 +50,7 @@ logger = logging.getLogger("payment_service.sandbox")
 
 TRIPS_FILE = Path("seeds") / "rhfd_trips.csv"
 _START_POLL_SECONDS = 0.005
-_GRACEFUL_SHUTDOWN_SECONDS = 2.0
+_GRACEFUL_SHUTDOWN_SECONDS = 2
 
 
 def default_trips_file() -> Path:
