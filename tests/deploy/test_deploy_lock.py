@@ -52,3 +52,11 @@ def test_an_unlocked_dependency_stops_make_test_with_one_line(tmp_path: Path) ->
         "error: uv.lock is out of date with pyproject.toml: run 'make lock' and commit uv.lock"
     )
     assert "pytest" not in result.stdout
+
+
+def test_dockerfile_installs_the_uv_the_lock_pins() -> None:
+    """The image's build stage pip-installs uv at the version uv.lock pins, as make venv does."""
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    (pinned,) = [p["version"] for p in lock["package"] if p["name"] == "uv"]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f"ARG UV_VERSION={pinned}\n" in dockerfile, f"set ARG UV_VERSION={pinned}"
