@@ -2,7 +2,8 @@
 #
 # Payment Service image: `docker build -t payment-service:1.0.0 .`
 #
-# Stage 1 builds the project and every dependency into a virtual environment;
+# Stage 1 installs the project and the dependencies uv.lock pins into a virtual
+# environment (uv sync --frozen: no resolution at build time);
 # stage 2 is a slim Python runtime (no compilers, no pip cache, no sources) that
 # copies that environment, runs as an unprivileged user and starts
 # `payment-service serve`. tests/deploy/ checks this file: hadolint, the build
@@ -13,19 +14,24 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 
+# uv installs exactly what uv.lock pins (make lock); keep UV_VERSION at uv.lock's uv.
+ARG UV_VERSION=0.13.9
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    UV_PROJECT_ENVIRONMENT=/opt/venv \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_LINK_MODE=copy \
+    UV_NO_CACHE=1
 
-RUN python -m venv /opt/venv
-ENV PATH="/opt/venv/bin:${PATH}"
+RUN python -m pip install --no-cache-dir "uv==${UV_VERSION}"
 
 WORKDIR /src
-# Metadata first so the dependency layer is cached until pyproject.toml changes.
-COPY pyproject.toml README.md ./
+# The lock first so the dependency layer is cached until uv.lock changes.
+COPY pyproject.toml uv.lock README.md ./
+RUN uv sync --frozen --no-dev --no-install-project
 COPY src ./src
-RUN pip install --no-cache-dir . \
-    && pip uninstall --yes pip setuptools wheel
+RUN uv sync --frozen --no-dev --no-editable
 
 
 FROM ${PYTHON_IMAGE} AS runtime
@@ -48,11 +54,8 @@ ENV PATH="/opt/venv/bin:${PATH}" \
 
 COPY --from=build /opt/venv /opt/venv
 
-# The CLI finds the migrations and the seed file in its working directory.
+# The wheel carries the migrations and the seed CSVs: /app only is the working directory.
 WORKDIR /app
-COPY alembic.ini ./
-COPY alembic ./alembic
-COPY seeds/rhfd_payments.csv seeds/rhfd_trips.csv ./seeds/
 
 USER 10001:10001
 EXPOSE 8082

@@ -6,6 +6,14 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# uv installs .venv from the committed uv.lock (`make lock` refreshes it). The version
+# `make venv` bootstraps with pip is the one uv.lock pins, so the sync keeps it.
+UV := $(BIN)/uv
+UV_VERSION := $(shell sed -n '/^name = "uv"$$/{n;s/^version = "\(.*\)"/\1/p;}' uv.lock 2>/dev/null)
+# uv reads no pip.conf: it uses PyPI, the index uv.lock records, unless UV_DEFAULT_INDEX
+# (or UV_INDEX_URL) names a mirror of it.
+export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
+export UV_PYTHON_DOWNLOADS := never
 PORT ?= 8082
 # Ports of `make run`'s sandbox peers (payment-service dev --trip-port ... --control-port).
 TRIP_PORT ?= 8081
@@ -14,15 +22,17 @@ CONTROL_PORT ?= 8085
 
 .DEFAULT_GOAL := help
 
-.PHONY: help venv run test test-fast lint format
+.PHONY: help venv run test test-fast lint format lock check-lock migration
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(UV):
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check 'uv$(if $(UV_VERSION),==$(UV_VERSION))'
+
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --extra dev --python $(BIN)/python
 	@touch $(STAMP)
 
 venv: $(STAMP) ## Create .venv and install the project with its dev tools
@@ -31,18 +41,31 @@ run: $(STAMP) ## Run everything locally: embedded PostgreSQL, seed, sandbox peer
 	$(BIN)/payment-service dev --port $(PORT) --trip-port $(TRIP_PORT) \
 		--notification-port $(NOTIFICATION_PORT) --control-port $(CONTROL_PORT)
 
-test: $(STAMP) ## Run the whole test suite (TEST_DATABASE_URL, else an embedded PostgreSQL)
+lock: | $(UV) ## Refresh uv.lock after editing pyproject.toml's dependencies (then commit it)
+	$(UV) lock
+
+check-lock: | $(UV) ## Fail when uv.lock is out of date with pyproject.toml
+	@$(UV) lock --check --quiet 2>/dev/null || { echo "error: uv.lock is out of date with pyproject.toml: run 'make lock' and commit uv.lock" >&2; exit 1; }
+
+test: check-lock $(STAMP) ## Run the whole test suite (TEST_DATABASE_URL, else an embedded PostgreSQL)
 	@bash scripts/ci-tools.sh || echo "warning: kubectl/promtool could not be installed; their checks skip here (CI installs them)" >&2
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 test-fast: $(STAMP) ## Unit and integration tests only (no end-to-end servers)
 	$(BIN)/pytest tests/unit tests/integration
 
-lint: $(STAMP) ## ruff check and format check
+# Migrations live in the package (the wheel ships them): src/payment_service/migrations/versions/.
+migration: $(STAMP) ## New Alembic migration in src/payment_service/migrations/versions/ (MSG="what it does")
+	@test -n "$(MSG)" || { echo "error: name the migration: make migration MSG=\"add a column\"" >&2; exit 1; }
+	$(BIN)/alembic revision -m "$(MSG)"
+
+lint: $(STAMP) ## ruff check and format check, mypy --strict on src/ ([tool.mypy])
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: $(STAMP) ## ruff format + fix imports
 	$(BIN)/ruff check --fix .

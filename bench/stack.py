@@ -315,7 +315,8 @@ class Service:
 def service_env(
     database_url: URL, trip_url: str, notification_url: str, port: int
 ) -> dict[str, str]:
-    """Production settings with what a load test must switch off (access log, rate limit)."""
+    """Production settings with what a load test must switch off (access log, rate limit,
+    API keys: its clients send none)."""
     return {
         "DATABASE_URL": database_url.render_as_string(hide_password=False),
         "TRIP_SERVICE_URL": trip_url,
@@ -324,6 +325,7 @@ def service_env(
         "SERVICE_PORT": str(port),
         "ACCESS_LOG": "false",
         "RATE_LIMIT_ENABLED": "false",
+        "AUTH_REQUIRED": "false",
         "LOG_LEVEL": "WARNING",
         "OUTBOX_ENABLED": "true",
     }

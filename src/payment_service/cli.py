@@ -18,7 +18,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypedDict, TypeVar
 
 import typer
 from sqlalchemy import URL
@@ -229,7 +229,16 @@ def serve(
         )
 
 
-def uvicorn_edge_options(settings: Settings) -> dict[str, object]:
+class EdgeOptions(TypedDict):
+    """The keyword arguments `uvicorn_edge_options` hands to `uvicorn.run`."""
+
+    http: type[asyncio.Protocol]
+    timeout_keep_alive: int
+    server_header: bool
+    h11_max_incomplete_event_size: int
+
+
+def uvicorn_edge_options(settings: Settings) -> EdgeOptions:
     """uvicorn options of `serve` and `dev`: the bounded protocol, timeouts, no Server header.
 
     The protocol (edge.py) bounds header memory and times out slow headers, which

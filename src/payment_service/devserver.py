@@ -91,7 +91,7 @@ async def run_dev(
                 port=port,
                 log_config=None,
                 access_log=settings.access_log,
-                **uvicorn_edge_options(settings),  # type: ignore[arg-type]
+                **uvicorn_edge_options(settings),
                 proxy_headers=settings.forwarded_allow_ips is not None,
                 forwarded_allow_ips=settings.forwarded_allow_ips or "",
             )

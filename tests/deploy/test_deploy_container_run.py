@@ -1,8 +1,8 @@
 """The container, simulated without Docker: what `docker compose up` would run, run here.
 
-The wheel is built from exactly the files the Dockerfile's build stage copies out of
-the .dockerignore'd context, installed into a fresh virtual environment (no dev
-extras, pip removed as in the image), the runtime stage's files are laid out in a
+The build stage's `uv sync --frozen` lines run on exactly the files it copies out of
+the .dockerignore'd context, installing uv.lock's pins and the project (no dev
+extras, no pip) into a fresh virtual environment; the runtime stage's files are laid out in a
 working directory like the image's /app, and then compose's `migrate` and `api`
 commands run with the image's ENV plus compose's environment against a real
 PostgreSQL. A broken entrypoint, a missing runtime dependency, a file the image
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -106,19 +107,23 @@ def image(tmp_path_factory: pytest.TempPathFactory, dockerfile: Dockerfile) -> I
         shutil.copy2(ROOT / rel, context / rel)
 
     build_dir = lay_out_stage(dockerfile, 0, context, base / "build-stage")
-    wheels = base / "wheels"
-    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(wheels),
-         str(build_dir)], timeout=300)  # fmt: skip
-    (wheel,) = wheels.glob("payment_service-*.whl")
-
     venv = base / "venv"
-    run([sys.executable, "-m", "venv", str(venv)], timeout=120)
-    python = str(venv / "bin" / "python")
-    run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(wheel)],
-        timeout=600)  # fmt: skip
-    build_runs = " ".join(i.value for i in dockerfile.in_stage(0, "RUN"))
-    if "pip uninstall --yes pip setuptools wheel" in build_runs:
-        run([python, "-m", "pip", "uninstall", "--quiet", "--yes", "pip", "setuptools", "wheel"])
+    # The build stage's `uv sync` lines, run as written with the stage's UV_* ENV: the
+    # dev environment's uv (the version uv.lock pins) stands in for the one the stage
+    # pip-installs, and the developer's uv cache for the network (UV_NO_CACHE is left out).
+    uv = Path(sys.executable).parent / "uv"
+    assert uv.exists(), "uv is missing from the dev environment: make venv"
+    build_env = {
+        key: value.replace("/opt/venv", str(venv))
+        for key, value in dockerfile.env(0).items()
+        if key.startswith("UV_") and key != "UV_NO_CACHE"
+    }
+    syncs = [i.value for i in dockerfile.in_stage(0, "RUN") if i.value.startswith("uv sync")]
+    assert syncs, "the build stage does not install from uv.lock"
+    for line in syncs:
+        env = {**os.environ, **build_env, "UV_PYTHON": sys.executable}
+        run([str(uv), *shlex.split(line)[1:]], cwd=build_dir, env=env, timeout=600)
+    assert not (venv / "bin" / "pip").exists(), "the image's environment carries pip"
 
     workdir = lay_out_stage(dockerfile, dockerfile.final_stage, context, base / "runtime")
     return Image(venv=venv, workdir=workdir, env=image_env(dockerfile, venv))

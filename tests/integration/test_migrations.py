@@ -7,13 +7,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from payment_service.migrations import downgrade, upgrade
 from payment_service.models import Base
 from payment_service.services.health import expected_revision

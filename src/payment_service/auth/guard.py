@@ -147,7 +147,7 @@ RequireRefund = Security(_SCOPE_DEPENDENCIES["refund"])
 
 async def get_caller(request: Request) -> Caller:
     """The caller a scope dependency of this route authorised (route deps run first)."""
-    caller = request.scope.get("state", {}).get(CALLER_STATE_KEY)
+    caller: Caller | None = request.scope.get("state", {}).get(CALLER_STATE_KEY)
     if caller is None:
         raise RuntimeError("CallerDep on a route without RequireRead/RequireCharge/RequireRefund")
     return caller
@@ -157,7 +157,7 @@ def _required_scope(route: APIRoute) -> str | None:
     pending = list(route.dependant.dependencies)
     while pending:
         dependant = pending.pop()
-        scope = getattr(dependant.call, "required_scope", None)
+        scope: str | None = getattr(dependant.call, "required_scope", None)
         if scope is not None:
             return scope
         pending.extend(dependant.dependencies)

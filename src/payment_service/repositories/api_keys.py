@@ -62,7 +62,7 @@ class ApiKeyRepository:
         statement = select(ApiKey).where(ApiKey.client_id == client.id, ApiKey.revoked_at.is_(None))
         return (await self.session.scalars(statement)).all()
 
-    async def listing(self) -> Sequence[Row[tuple[ApiKey, str]]]:
+    async def listing(self) -> Sequence[Row[ApiKey, str]]:
         statement = (
             select(ApiKey, ApiClient.name)
             .join(ApiClient, ApiClient.id == ApiKey.client_id)

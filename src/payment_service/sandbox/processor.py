@@ -237,7 +237,7 @@ def _bool(params: Mapping[str, Any], name: str, default: bool) -> bool:
         return default
     if raw not in {"true", "false"}:
         raise _invalid(f"Invalid boolean: {raw}", code="parameter_invalid_boolean", param=name)
-    return raw == "true"
+    return bool(raw == "true")
 
 
 def _new_id(prefix: str) -> str:
@@ -680,7 +680,7 @@ class SandboxProcessor:
             return "decline"
         if self.faults.mode is FaultMode.PENDING:
             return "pending"
-        forced = pi["metadata"].get("simulate", "").lower()
+        forced: str = pi["metadata"].get("simulate", "").lower()
         if forced in {"decline", "pending", "success"}:
             return forced
         if pi["payment_method"] in DECLINING_METHODS:
@@ -943,7 +943,7 @@ class SandboxProcessor:
         """Queue a signed event; nothing happens unless a URL and a secret are configured."""
         if not self.webhook_url or not self.webhook_secret:
             return
-        event = {
+        event: dict[str, Any] = {
             "id": _new_id("evt"),
             "object": "event",
             "api_version": API_VERSION,

@@ -50,13 +50,15 @@ logger = logging.getLogger("payment_service.sandbox")
 
 TRIPS_FILE = Path("seeds") / "rhfd_trips.csv"
 _START_POLL_SECONDS = 0.005
-_GRACEFUL_SHUTDOWN_SECONDS = 2.0
+_GRACEFUL_SHUTDOWN_SECONDS = 2
 
 
 def default_trips_file() -> Path:
-    """`seeds/rhfd_trips.csv` under the working directory, else under this source checkout."""
-    candidates = (Path.cwd() / TRIPS_FILE, Path(__file__).resolve().parents[3] / TRIPS_FILE)
-    return next((path for path in candidates if path.is_file()), candidates[0])
+    """`seeds/rhfd_trips.csv` under the working directory, else the one in the package."""
+    candidate = Path.cwd() / TRIPS_FILE
+    if candidate.is_file():
+        return candidate
+    return Path(__file__).resolve().parents[1] / "seeds" / TRIPS_FILE.name
 
 
 @dataclass

@@ -72,7 +72,6 @@ async def database_is_up(engine: AsyncEngine, timeout: float = HEALTH_TIMEOUT_SE
 def expected_revision() -> str | None:
     """The head revision shipped with this build (None when migrations aren't shipped)."""
     from alembic.script import ScriptDirectory
-
     from payment_service.migrations import alembic_config
 
     try:

@@ -129,7 +129,7 @@ class Idempotency:
             return Claim(key_id, token)
         # A finished key never changes again (until it expires): replay it without a lock,
         # so retries of one key do not queue behind each other.
-        row = await repo.find(**scope)
+        row = await repo.find(operation=self.operation, client_id=self.client_id, key=key)
         if (
             row is not None
             and row.expires_at > row.db_now

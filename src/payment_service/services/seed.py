@@ -275,10 +275,11 @@ async def load_seed(session: AsyncSession, path: Path) -> SeedReport:
     )
 
 
+SEED_DATA = Path(__file__).resolve().parents[1] / "seeds"
+"""The seed CSVs shipped in the package (a checkout's seeds/*.csv link to them)."""
+
+
 def default_seed_file() -> Path:
-    """seeds/rhfd_payments.csv of the working directory, else of the source checkout."""
-    for base in (Path.cwd(), Path(__file__).resolve().parents[3]):
-        candidate = base / "seeds" / "rhfd_payments.csv"
-        if candidate.is_file():
-            return candidate
-    return Path("seeds/rhfd_payments.csv")
+    """seeds/rhfd_payments.csv of the working directory, else the one in the package."""
+    candidate = Path.cwd() / "seeds" / "rhfd_payments.csv"
+    return candidate if candidate.is_file() else SEED_DATA / "rhfd_payments.csv"

@@ -1,4 +1,8 @@
-"""Run Alembic from the service (CLI `migrate`, `dev`, tests) without a shell."""
+"""Run Alembic from the service (CLI `migrate`, `dev`, tests) without a shell.
+
+The migration scripts live next to this file: new ones go in
+src/payment_service/migrations/versions/ (`alembic revision -m ...` from the checkout
+writes them there, through the top-level alembic.ini)."""
 
 from __future__ import annotations
 
@@ -6,30 +10,26 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from alembic.config import Config
 from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from alembic import command
+from alembic.config import Config
 
-
-def find_alembic_ini() -> Path:
-    """alembic.ini from ALEMBIC_CONFIG, the working directory, or the source checkout."""
-    candidates = []
-    if env := os.environ.get("ALEMBIC_CONFIG"):
-        candidates.append(Path(env))
-    candidates.append(Path.cwd() / "alembic.ini")
-    candidates.append(Path(__file__).resolve().parents[2] / "alembic.ini")
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(
-        "alembic.ini not found: run from the project directory or set ALEMBIC_CONFIG"
-    )
+MIGRATIONS = Path(__file__).resolve().parent
+"""env.py, script.py.mako and versions/ (where new migrations go), shipped in the wheel."""
 
 
 def alembic_config(url: URL | str | None = None) -> Config:
-    config = Config(str(find_alembic_ini()))
+    """Alembic's Config for the migrations in this package: no alembic.ini needed, so
+    an installed wheel migrates from any directory. ALEMBIC_CONFIG names an ini file to
+    use instead (the checkout's alembic.ini points at the same folder)."""
+    if ini := os.environ.get("ALEMBIC_CONFIG"):
+        config = Config(ini)
+    else:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.set_main_option("path_separator", "os")
     config.attributes["configure_logger"] = False
     if url is not None:
         config.attributes["url"] = (
