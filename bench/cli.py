@@ -59,7 +59,12 @@ class Scenario:
 SCENARIOS = {
     s.name: s
     for s in (
-        Scenario("charge", "charge", "POST /v1/payments/charge (new key, fresh trip)", "charge"),
+        Scenario(
+            "charge",
+            "charge",
+            "POST /v1/payments/charge (new key, fresh trip), GATEWAY=simulator",
+            "charge",
+        ),
         Scenario(
             "charge_stripe",
             "charge",
@@ -292,7 +297,8 @@ class Bench:
                 for name in args.scenario_list:
                     groups.setdefault(SCENARIOS[name].service_env, []).append(name)
                 for extra_env, names in sorted(groups.items(), key=lambda item: len(item[0])):
-                    overrides = {**args.service_env, **dict(extra_env)}
+                    # The simulator gateway (in-process) unless a scenario asks for stripe.
+                    overrides = {"GATEWAY": "simulator", **args.service_env, **dict(extra_env)}
                     with stack.running_service(
                         db, self.workdir, args.workers, overrides
                     ) as service:
