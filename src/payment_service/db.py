@@ -86,6 +86,9 @@ def create_engine(settings: Settings, url: URL) -> AsyncEngine:
     url, ssl_args = ssl_connect_args(url)
     engine = create_async_engine(
         url,
+        # PostgreSQL's default, named: connections the AUTOCOMMIT read engine borrowed
+        # come back to this level, so every transaction begins alike.
+        isolation_level="READ COMMITTED",
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_seconds,
