@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import pickle
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -39,3 +43,25 @@ def test_serve_prints_the_warning_and_still_runs_uvicorn(
     assert result.exit_code == 0, result.output
     assert started["workers"] == int(workers)
     assert ("/metrics answers for the one worker" in result.output) is warned
+
+
+def test_the_configured_protocol_pickles_for_spawned_workers() -> None:
+    """uvicorn --workers N pickles its config (the protocol class included) for each worker."""
+    from payment_service.edge import configure_protocol
+
+    configured = configure_protocol(max_header_bytes=1234, header_timeout_seconds=7.0)
+    assert pickle.loads(pickle.dumps(configured)) is configured
+    # A fresh interpreter (a spawned worker) rebuilds it from the settings in its environment.
+    code = (
+        "import pickle, sys; cls = pickle.loads(sys.stdin.buffer.read()); "
+        "print(cls.max_header_bytes, cls.header_timeout_seconds)"
+    )
+    env = {"MAX_HEADER_BYTES": "1234", "REQUEST_READ_TIMEOUT_SECONDS": "7"}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        input=pickle.dumps(configured),
+        capture_output=True,
+        env={**os.environ, **env},
+        check=True,
+    ).stdout.decode()
+    assert out.split() == ["1234", "7.0"]
