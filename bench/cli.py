@@ -52,12 +52,26 @@ class Scenario:
     script: str
     request: str
     ceiling: str
+    service_env: tuple[tuple[str, str], ...] = ()
+    """Settings of the service this scenario needs (a second `serve` runs it)."""
 
 
 SCENARIOS = {
     s.name: s
     for s in (
-        Scenario("charge", "charge", "POST /v1/payments/charge (new key, fresh trip)", "charge"),
+        Scenario(
+            "charge",
+            "charge",
+            "POST /v1/payments/charge (new key, fresh trip), GATEWAY=simulator",
+            "charge",
+        ),
+        Scenario(
+            "charge_stripe",
+            "charge",
+            "POST /v1/payments/charge, GATEWAY=stripe against the sandbox processor",
+            "charge",
+            (("GATEWAY", "stripe"),),
+        ),
         Scenario("replay", "replay", "POST /v1/payments/charge (same key: replay)", "point_read"),
         Scenario("get_payment", "get_payment", "GET /v1/payments/{id}", "point_read"),
         Scenario(
@@ -67,6 +81,7 @@ SCENARIOS = {
             "point_read",
         ),
         Scenario("health", "health", "GET /health", "point_read"),
+        Scenario("floor", "health_live", "GET /health/live (framework floor)", "point_read"),
     )
 }
 
@@ -213,6 +228,8 @@ class Bench:
         self.pgbench_runs = 0
         self.replay_body = ""
         self.replay_payment_id = 0
+        self.api_key = ""
+        self.auth: dict[str, str] = {}
 
     def log(self, message: str) -> None:
         print(f"[bench {datetime.now(UTC):%H:%M:%S}] {message}", file=sys.stderr, flush=True)
@@ -259,18 +276,49 @@ class Bench:
                         ["seed", "--file", str(stack.SEED_FILE)], env=env, cwd=self.workdir
                     )
                 )
+                created = stack.run_cli(
+                    [
+                        "api-keys",
+                        "create",
+                        "--name",
+                        "bench",
+                        "--scope",
+                        "read",
+                        "--scope",
+                        "charge",
+                    ],
+                    env=env,
+                    cwd=self.workdir,
+                )
+                self.api_key = created.strip().splitlines()[-1].strip()
+                self.auth = {"Authorization": f"Bearer {self.api_key}"}
                 self.server = server
-                with stack.running_service(
-                    db, self.workdir, args.workers, args.service_env
-                ) as service:
-                    self.log(
-                        f"API on {service.base_url}, {args.workers} worker(s): "
-                        f"{service.worker_pids()}"
-                    )
-                    self._prime(service)
-                    self._capture_sql(server, service, result)
-                    for name in args.scenario_list:
-                        result["scenarios"][name] = self._scenario(SCENARIOS[name], service)
+                groups: dict[tuple[tuple[str, str], ...], list[str]] = {}
+                for name in args.scenario_list:
+                    groups.setdefault(SCENARIOS[name].service_env, []).append(name)
+                for extra_env, names in sorted(groups.items(), key=lambda item: len(item[0])):
+                    # The simulator gateway (in-process) unless a scenario asks for stripe.
+                    overrides = {"GATEWAY": "simulator", **args.service_env, **dict(extra_env)}
+                    with stack.running_service(
+                        db, self.workdir, args.workers, overrides
+                    ) as service:
+                        self.log(
+                            f"API on {service.base_url}, {args.workers} worker(s): "
+                            f"{service.worker_pids()}"
+                            + (
+                                f" ({', '.join(f'{k}={v}' for k, v in extra_env)})"
+                                if extra_env
+                                else ""
+                            )
+                        )
+                        if not extra_env:
+                            self._prime(service)
+                            self._capture_sql(server, service, result)
+                        for name in names:
+                            result["scenarios"][name] = self._scenario(SCENARIOS[name], service)
+                result["scenarios"] = {
+                    name: result["scenarios"][name] for name in args.scenario_list
+                }
                 self.log("API stopped; measuring the ceiling with pgbench")
                 needed = {SCENARIOS[name].ceiling for name in args.scenario_list}
                 for script in ("charge", "point_read"):
@@ -295,7 +343,7 @@ class Bench:
             "method": "CARD",
         }
         self.replay_body = json.dumps(body, separators=(",", ":"))
-        with httpx.Client(base_url=service.base_url, timeout=10) as http:
+        with httpx.Client(base_url=service.base_url, timeout=10, headers=self.auth) as http:
             for path in ("/health", "/v1/payments/1", "/v1/payments?status=SUCCESS&limit=10"):
                 http.get(path).raise_for_status()
 
@@ -303,7 +351,7 @@ class Bench:
         self, server: stack.Postgres, service: stack.Service, result: dict[str, Any]
     ) -> None:
         """One request of each kind with the statement log on; check the pgbench scripts."""
-        http = httpx.Client(base_url=service.base_url, timeout=10)
+        http = httpx.Client(base_url=service.base_url, timeout=10, headers=self.auth)
         headers = {"Content-Type": "application/json"}
 
         def charge() -> None:
@@ -386,7 +434,8 @@ class Bench:
             self._wrk(scenario, service, args.warmup)
         self._checkpoint()
         self.log(f"{scenario.name}: peak run {args.duration:g} s, {args.connections} connections")
-        before = self._charge_block() if scenario.name == "charge" else None
+        charging = scenario.script == "charge"
+        before = self._charge_block() if charging else None
         meter = loadgen.CpuMeter(
             {
                 "api": lambda: [service.api.pid],
@@ -399,9 +448,10 @@ class Bench:
         row["peak"] = peak.as_json()
         row["cpu_cores"] = meter.cores
         if peak.requests:
-            row["api_cpu_ms_per_request"] = round(
-                meter.cpu_seconds["api"] * 1000 / peak.requests, 2
-            )
+            for group in ("api", "sandbox", "postgres"):
+                row[f"{group}_cpu_ms_per_request"] = round(
+                    meter.cpu_seconds[group] * 1000 / peak.requests, 3
+                )
         row["max_rss_mb"] = rss.max_mb
         row["rss_mb_per_worker"] = rss.per_worker_mb()
         self.log(
@@ -409,7 +459,7 @@ class Bench:
             f"non-2xx {peak.non_2xx}, socket errors {peak.socket_error_count}, "
             f"max RSS {rss.max_mb} MB"
         )
-        if scenario.name == "charge" and before is not None:
+        if charging and before is not None:
             row["check"], row["outbox"] = self._charge_aftermath(before, peak)
         if args.paced_fraction > 0 and peak.rps >= 2:
             rate = peak.rps * args.paced_fraction
@@ -425,15 +475,15 @@ class Bench:
                 f"{scenario.name}: paced {paced.rps:,.1f} req/s, "
                 f"p99 {paced.latency_ms['p99']:.2f} ms"
             )
-            if scenario.name == "charge":
+            if charging:
                 self._drain_outbox()
         return row
 
     def _wrk(
         self, scenario: Scenario, service: stack.Service, duration: float, rate: float | None = None
     ) -> loadgen.WrkResult:
-        env = {"BENCH_RUN_ID": self.run_id}
-        if scenario.name == "charge":
+        env = {"BENCH_RUN_ID": self.run_id, "BENCH_API_KEY": self.api_key}
+        if scenario.script == "charge":
             self.charge_runs += 1
             env["BENCH_TRIP_BASE"] = str(self.charge_runs * TRIP_BLOCK)
         elif scenario.name == "replay":
@@ -543,7 +593,12 @@ class Bench:
         self.log(
             f"pgbench {script}.sql: {result.tps:,.1f} tps, p99 {result.latency_ms['p99']:.2f} ms"
         )
-        return {**result.as_json(), "cpu_cores": meter.cores}
+        row = {**result.as_json(), "cpu_cores": meter.cores}
+        if result.transactions:
+            row["postgres_cpu_ms_per_tx"] = round(
+                meter.cpu_seconds["postgres"] * 1000 / result.transactions, 3
+            )
+        return row
 
     def _pgbench(self, script: str, env: dict[str, str], duration: float) -> ceiling.PgbenchResult:
         self.pgbench_runs += 1

@@ -15,6 +15,38 @@ TARGETS = {
     "paced_p99_ms": 25.0,
     "rss_mb": 150.0,
 }
+CPU_TARGETS_MS = {
+    "floor": 0.15,
+    "health": 0.3,
+    "get_payment": 0.5,
+    "list_payments": 1.0,
+    "charge": 3.0,
+}
+"""Issue 10: API CPU per request (ms) by scenario."""
+RATIO_TARGETS = {"charge": TARGETS["charge_ratio"], "get_payment": TARGETS["point_read_ratio"]}
+
+
+def scenario_targets(name: str, row: dict[str, Any]) -> list[tuple[str, bool]]:
+    """Each target that applies to one scenario's row: (short label, met)."""
+    out: list[tuple[str, bool]] = []
+    cpu = row.get("api_cpu_ms_per_request")
+    if name in CPU_TARGETS_MS and cpu is not None:
+        out.append((f"cpu≤{CPU_TARGETS_MS[name]:g}", cpu <= CPU_TARGETS_MS[name]))
+    if name in RATIO_TARGETS and row.get("ratio") is not None:
+        out.append((f"≥{RATIO_TARGETS[name] * 100:.0f}%", row["ratio"] >= RATIO_TARGETS[name]))
+    paced = row.get("paced")
+    if paced:
+        out.append(("p99<25", paced["latency_ms"]["p99"] < TARGETS["paced_p99_ms"]))
+    runs = [row["peak"], *([paced] if paced else [])]
+    errors = sum(run["non_2xx"] + sum(run["socket_errors"].values()) for run in runs)
+    out.append(("0 err", errors == 0))
+    if row.get("max_rss_mb"):
+        out.append(("RSS≤150", row["max_rss_mb"] <= TARGETS["rss_mb"]))
+    return out
+
+
+def _marks(targets: list[tuple[str, bool]]) -> str:
+    return " ".join(f"{label} {'✓' if met else '✗'}" for label, met in targets) or "—"
 
 
 def machine() -> dict[str, Any]:
@@ -62,8 +94,9 @@ def _pct(value: float | None) -> str:
 
 HEADER = (
     "| scenario | req/s | p50 ms | p90 ms | p99 ms | non-2xx | socket errors "
-    "| max RSS/worker MB | ceiling (pgbench) | ceiling tps | service/ceiling "
-    "| ½-peak req/s | ½-peak p99 ms |"
+    "| max RSS/worker MB | API CPU ms/req | sandbox ms/req | PG ms/req "
+    "| ceiling (pgbench) | ceiling tps | service/ceiling "
+    "| ½-peak req/s | ½-peak p99 ms | targets |"
 )
 
 
@@ -87,11 +120,15 @@ def markdown_table(result: dict[str, Any]) -> str:
                     _fmt(peak["non_2xx"]),
                     _fmt(sum(peak["socket_errors"].values())),
                     _fmt(row.get("max_rss_mb")),
+                    _fmt(row.get("api_cpu_ms_per_request"), 2),
+                    _fmt(row.get("sandbox_cpu_ms_per_request"), 2),
+                    _fmt(row.get("postgres_cpu_ms_per_request"), 2),
                     f"{ceiling_name}.sql" if ceiling else "—",
                     _fmt(ceiling["tps"]) if ceiling else "—",
                     _pct(row.get("ratio")),
                     _fmt(paced["rps"]) if paced else "—",
                     _fmt(paced["latency_ms"]["p99"], 2) if paced else "—",
+                    _marks(scenario_targets(name, row)),
                 ]
             )
             + " |"
@@ -110,9 +147,13 @@ def markdown_table(result: dict[str, Any]) -> str:
                     f"{ceiling['failed']} failed tx",
                     "—",
                     "—",
+                    "—",
+                    "—",
+                    _fmt(ceiling.get("postgres_cpu_ms_per_tx"), 2),
                     "(the ceiling)",
                     _fmt(ceiling["tps"]),
                     "100%",
+                    "—",
                     "—",
                     "—",
                 ]
@@ -128,7 +169,7 @@ def _separator() -> str:
 
 
 def verdicts(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Where the run stands against issue 5's targets (None = not measured in this run)."""
+    """Where the run stands against the targets (issues 5 and 10)."""
     scenarios = result["scenarios"]
     out: list[dict[str, Any]] = []
 
@@ -162,6 +203,16 @@ def verdicts(result: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": worst[1]["latency_ms"]["p99"] < TARGETS["paced_p99_ms"],
             }
         )
+    for name, limit in CPU_TARGETS_MS.items():
+        row = scenarios.get(name)
+        if row and row.get("api_cpu_ms_per_request") is not None:
+            out.append(
+                {
+                    "target": f"{name}: API CPU <= {limit:g} ms per request",
+                    "measured": f"{row['api_cpu_ms_per_request']:.2f} ms",
+                    "met": row["api_cpu_ms_per_request"] <= limit,
+                }
+            )
     rss = [row["max_rss_mb"] for row in scenarios.values() if row.get("max_rss_mb")]
     if rss:
         out.append(
@@ -264,9 +315,9 @@ def render(result: dict[str, Any]) -> str:
             + ", ".join(f"{name} {count}" for name, count in round_trips.items())
         )
     lines.append("")
-    lines.append("Targets (issue 5):")
+    lines.append("Targets (issues 5 and 10):")
     for verdict in result.get("verdicts", []):
-        mark = "met" if verdict["met"] else "NOT met"
+        mark = "✓ met" if verdict["met"] else "✗ NOT met"
         lines.append(f"- {verdict['target']}: {verdict['measured']} — {mark}")
     return "\n".join(lines)
 

@@ -140,13 +140,17 @@ def parse_log(text: str) -> list[Statement]:
 
 
 def _without_dispatcher(statements: list[Statement]) -> list[Statement]:
-    """Keep whole transactions (BEGIN .. COMMIT/ROLLBACK per backend) that are not the
-    outbox dispatcher's, nor cut off by the capture window."""
+    """Keep whole transactions (BEGIN .. COMMIT/ROLLBACK per backend, or one statement
+    outside any, as autocommit reads send) that are not the outbox dispatcher's, nor cut
+    off by the capture window."""
     transactions: list[list[Statement]] = []
     open_by_pid: dict[int, list[Statement]] = {}
     for statement in statements:
         verb = statement.sql.strip().rstrip(";").split(None, 1)[0].upper()
-        if verb == "BEGIN" or statement.pid not in open_by_pid:
+        if verb != "BEGIN" and statement.pid not in open_by_pid:
+            transactions.append([statement])  # autocommit (or the tail of a cut-off one)
+            continue
+        if verb == "BEGIN":
             open_by_pid[statement.pid] = []
             transactions.append(open_by_pid[statement.pid])
         open_by_pid[statement.pid].append(statement)
@@ -156,7 +160,8 @@ def _without_dispatcher(statements: list[Statement]) -> list[Statement]:
     for tx in transactions:
         first = tx[0].sql.strip().rstrip(";").upper()
         last = tx[-1].sql.strip().rstrip(";").upper()
-        complete = first.startswith("BEGIN") and last in {"COMMIT", "ROLLBACK"}
+        single = len(tx) == 1 and first.split(None, 1)[0] not in {"BEGIN", "COMMIT", "ROLLBACK"}
+        complete = single or (first.startswith("BEGIN") and last in {"COMMIT", "ROLLBACK"})
         dispatcher = any(marker in s.sql for s in tx for marker in DISPATCHER_MARKERS)
         if complete and not dispatcher:
             keep.update(id(s) for s in tx)

@@ -7,7 +7,6 @@
 dofile(os.getenv("BENCH_LUA_DIR") .. "/common.lua")
 
 local METHODS = { "CARD", "UPI", "WALLET", "CASH" }
-local headers = { ["Content-Type"] = "application/json" }
 
 function init(args)
   local base = tonumber(os.getenv("BENCH_TRIP_BASE"))
@@ -15,6 +14,7 @@ function init(args)
   first_trip = base + thread_no * 10000000
   run_id = os.getenv("BENCH_RUN_ID") or "run"
   n = 0
+  headers = bench_headers({ ["Content-Type"] = "application/json" })
   bench_pacing(bench_threads())
 end
 

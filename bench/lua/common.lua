@@ -72,3 +72,17 @@ function done(summary, latency, requests)
     latency:percentile(50), latency:percentile(75), latency:percentile(90),
     latency:percentile(99), latency:percentile(99.9)))
 end
+
+-- Headers every request sends: `Authorization: Bearer <BENCH_API_KEY>` (the harness creates
+-- a read+charge key) plus the scenario's own.
+function bench_headers(extra)
+  local headers = {}
+  local key = os.getenv("BENCH_API_KEY")
+  if key and key ~= "" then
+    headers["Authorization"] = "Bearer " .. key
+  end
+  for name, value in pairs(extra or {}) do
+    headers[name] = value
+  end
+  return headers
+end

@@ -11,9 +11,10 @@ function init(args)
   end
   assert(#ids > 0, "BENCH_IDS_FILE holds no ids")
   math.randomseed(os.time() + thread_no * 7919)
+  headers = bench_headers()
   bench_pacing(bench_threads())
 end
 
 function request()
-  return wrk.format("GET", "/v1/payments/" .. ids[math.random(#ids)])
+  return wrk.format("GET", "/v1/payments/" .. ids[math.random(#ids)], headers)
 end

@@ -2,7 +2,7 @@
 dofile(os.getenv("BENCH_LUA_DIR") .. "/common.lua")
 
 function init(args)
-  req = wrk.format("GET", "/health")
+  req = wrk.format("GET", "/health", bench_headers())
   bench_pacing(bench_threads())
 end
 

@@ -5,7 +5,7 @@ dofile(os.getenv("BENCH_LUA_DIR") .. "/common.lua")
 function init(args)
   local body = os.getenv("BENCH_REPLAY_BODY")
   assert(body, "BENCH_REPLAY_BODY must be set")
-  req = wrk.format("POST", "/v1/payments/charge", { ["Content-Type"] = "application/json" }, body)
+  req = wrk.format("POST", "/v1/payments/charge", bench_headers({ ["Content-Type"] = "application/json" }), body)
   bench_pacing(bench_threads())
 end
 

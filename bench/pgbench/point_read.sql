@@ -1,17 +1,15 @@
 -- pgbench script: the SQL one GET /v1/payments/{payment_id} performs (the read ceiling).
 --
 -- Where it comes from: PostgreSQL's own log (log_statement = 'all', one request against
--- `payment-service serve`, 2026-11-26, service at commit 3668936); `python -m bench` checks
--- this file against a fresh capture on every run with an embedded server.
--- The request's unit of work (dependencies.unit_of_work) wraps the session.get in a
--- transaction: 3 round trips, BEGIN, SELECT, COMMIT.
+-- `payment-service serve`, 2026-12-01, branch speed); `python -m bench` checks this file
+-- against a fresh capture on every run with an embedded server.
+-- GET routes read through an AUTOCOMMIT session (dependencies.read_only): one round
+-- trip, the SELECT alone.
 -- Ids are drawn uniformly from the payments that exist: the harness passes
 -- `-D min_id=... -D max_id=...` (payment ids come from one sequence, so the range is dense).
 
 \set id random(:min_id, :max_id)
 
-BEGIN;
-SELECT payments.id, payments.trip_id, payments.rider_id, payments.driver_id, payments.amount, payments.currency, payments.method, payments.status, payments.refunded_amount, payments.reference, payments.gateway_reference, payments.failure_reason, payments.metadata, payments.created_at, payments.updated_at
+SELECT payments.id, payments.trip_id, payments.rider_id, payments.driver_id, payments.amount, payments.currency, payments.method, payments.status, payments.refunded_amount, payments.refund_reserved, payments.reference, payments.gateway_reference, payments.gateway_idempotency_key, payments.failure_reason, payments.metadata, payments.created_at, payments.updated_at
 	FROM payments
 	WHERE payments.id = :id::BIGINT;
-COMMIT;

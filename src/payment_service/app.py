@@ -83,6 +83,9 @@ def create_app(
                 tracing.instrument_engine(engine, provider)
             app.state.engine = engine
             app.state.session_factory = create_session_factory(engine)
+            # Reads of one statement need no BEGIN/COMMIT around them (health, GETs).
+            app.state.read_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+            app.state.read_session_factory = create_session_factory(app.state.read_engine)
             app.state.guard = Guard(
                 auth_required=settings.auth_required,
                 keys=KeyStore(app.state.session_factory, settings.api_key_cache_seconds),

@@ -203,6 +203,9 @@ def serve(
 
     settings = _settings()
     _require_gateway(settings)
+    worker_count = workers or settings.web_concurrency
+    if warning := several_workers_warning(worker_count):
+        typer.echo(warning, err=True)
     with _database(settings) as url:
         if settings.uses_embedded_database:
             _run(_migrate(url))
@@ -217,7 +220,7 @@ def serve(
             factory=True,
             host=host or settings.service_host,
             port=port or settings.service_port,
-            workers=workers or settings.web_concurrency,
+            workers=worker_count,
             log_config=None,
             access_log=settings.access_log,
             # X-Forwarded-For only from FORWARDED_ALLOW_IPS (uvicorn's own default would
@@ -227,6 +230,23 @@ def serve(
             timeout_graceful_shutdown=10,
             **uvicorn_edge_options(settings),
         )
+
+
+def several_workers_warning(workers: int) -> str | None:
+    """The line `serve` prints for more than one worker: /metrics is per process.
+
+    Metrics live in each worker's memory (no Prometheus multiprocess mode), so with N
+    workers a scrape sees the one worker that answered it. Production runs one worker
+    per container and scales with replicas (compose, k8s); several workers remain for
+    local load tests (`make bench`), where /metrics is not read.
+    """
+    if workers <= 1:
+        return None
+    return (
+        f"warning: {workers} workers (WEB_CONCURRENCY/--workers): /metrics answers for "
+        "the one worker that takes each scrape, so its counts are partial; run one worker "
+        "per container and scale with replicas"
+    )
 
 
 class EdgeOptions(TypedDict):

@@ -385,9 +385,33 @@ class _HeaderLimitExceededError(Exception):
 def configure_protocol(
     *, max_header_bytes: int, header_timeout_seconds: float
 ) -> type[asyncio.Protocol]:
-    """A `BoundedHttpToolsProtocol` subclass carrying these limits, for uvicorn's `http=`."""
-    return type(
+    """A `BoundedHttpToolsProtocol` subclass carrying these limits, for uvicorn's `http=`.
+
+    The class is also this module's `ConfiguredHttpToolsProtocol`, so uvicorn can pickle
+    its config for `--workers N` (spawned workers look the class up by name; there the
+    module's `__getattr__` rebuilds it from the same settings, inherited through the
+    environment).
+    """
+    configured = type(
         "ConfiguredHttpToolsProtocol",
         (BoundedHttpToolsProtocol,),
-        {"max_header_bytes": max_header_bytes, "header_timeout_seconds": header_timeout_seconds},
+        {
+            "__module__": __name__,
+            "max_header_bytes": max_header_bytes,
+            "header_timeout_seconds": header_timeout_seconds,
+        },
     )
+    globals()["ConfiguredHttpToolsProtocol"] = configured
+    return configured
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ConfiguredHttpToolsProtocol":  # a spawned uvicorn worker unpickling its config
+        from payment_service.settings import load_settings
+
+        settings = load_settings()
+        return configure_protocol(
+            max_header_bytes=settings.max_header_bytes,
+            header_timeout_seconds=settings.request_read_timeout_seconds,
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

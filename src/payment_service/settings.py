@@ -42,12 +42,12 @@ class Settings(BaseSettings):
     db_name: str | None = None
     db_user: str | None = None
     db_pass: SecretStr | None = None
-    db_pool_size: int = Field(10, ge=1, le=200)
+    db_pool_size: int = Field(20, ge=1, le=200)
     db_max_overflow: int = Field(10, ge=0, le=200)
     db_pool_timeout_seconds: float = Field(10.0, gt=0)
     db_connect_timeout_seconds: float = Field(5.0, gt=0)
-    # Ping a pooled connection before use: detects connections a database restart has
-    # left stale (one extra round trip per checkout) instead of failing a request.
+    # Check a pooled connection before use: skips connections a database restart has
+    # closed (a local check, no round trip; see db.create_engine) instead of failing a request.
     db_pool_pre_ping: bool = True
     embedded_pg_dir: Path = Path(".data/postgres")
 

@@ -24,8 +24,8 @@ import pytest
 
 from tests.conftest import ROOT
 
-GET_SCENARIOS = ("get_payment", "list_payments", "health")
-ALL_SCENARIOS = ("charge", "replay", *GET_SCENARIOS)
+GET_SCENARIOS = ("get_payment", "list_payments", "health", "floor")
+ALL_SCENARIOS = ("charge", "charge_stripe", "replay", *GET_SCENARIOS)
 BENCH_TIMEOUT_SECONDS = 280
 
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query
 
 from payment_service.api.routing import MoneyRoute
 from payment_service.auth.guard import RequireRead
-from payment_service.dependencies import SessionDep
+from payment_service.dependencies import ReadSessionDep
 from payment_service.errors import problem_responses
 from payment_service.jsonutil import MoneyJSONResponse
 from payment_service.repositories.payment import PaymentQuery
@@ -36,7 +36,7 @@ PaymentId = Annotated[int, Path(gt=0, le=MAX_ID, description="Payment id", examp
     responses=problem_responses(422, 500),
 )
 async def list_payments(
-    session: SessionDep, filters: Annotated[PaymentFilters, Query()]
+    session: ReadSessionDep, filters: Annotated[PaymentFilters, Query()]
 ) -> MoneyJSONResponse:
     query = PaymentQuery(
         trip_id=filters.trip_id,
@@ -66,6 +66,6 @@ async def list_payments(
     summary="Get one payment",
     responses=problem_responses(404, 422, 500),
 )
-async def get_payment(session: SessionDep, payment_id: PaymentId) -> MoneyJSONResponse:
+async def get_payment(session: ReadSessionDep, payment_id: PaymentId) -> MoneyJSONResponse:
     payment = await payment_service.get_payment(session, payment_id)
     return MoneyJSONResponse(payment_dict(payment))

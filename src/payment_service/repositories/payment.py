@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import cache
 from typing import Any
 
-from sqlalchemy import case, func, select, text, update
+from sqlalchemy import Integer, bindparam, case, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -28,6 +29,27 @@ class PaymentQuery:
     offset: int = 0
 
 
+_FILTERS = ("trip_id", "status", "method", "rider_id", "driver_id")
+_BY_ID = select(Payment).where(Payment.id == bindparam("payment_id"))
+"""Built once: executing the same statement object reuses its memoised cache key."""
+
+
+@cache
+def _search_statements(present: tuple[str, ...]) -> tuple[Any, Any]:
+    """The page and count statements for one combination of filters (at most 32), once."""
+    columns = Payment.__table__.c
+    conditions = [columns[name] == bindparam(name) for name in present]
+    page = (
+        select(Payment)
+        .where(*conditions)
+        .order_by(Payment.created_at.desc(), Payment.id.desc())
+        .limit(bindparam("limit", type_=Integer))
+        .offset(bindparam("offset", type_=Integer))
+    )
+    count = select(func.count()).select_from(Payment).where(*conditions)
+    return page, count
+
+
 class PaymentRepository:
     """Payments and what hangs off them, for one session."""
 
@@ -36,6 +58,12 @@ class PaymentRepository:
 
     async def get(self, payment_id: int) -> Payment | None:
         return await self.session.get(Payment, payment_id)
+
+    async def read(self, payment_id: int) -> Payment | None:
+        """One SELECT by id from a statement built once (for read-only requests; `get`
+        keeps the session's identity map for the services that write)."""
+        result = await self.session.execute(_BY_ID, {"payment_id": payment_id})
+        return result.scalar_one_or_none()
 
     async def get_for_update(self, payment_id: int) -> Payment | None:
         """Row-lock the payment until the transaction ends (serialises refunds)."""
@@ -261,33 +289,17 @@ class PaymentRepository:
 
     async def search(self, query: PaymentQuery) -> tuple[Sequence[Payment], int]:
         """One page, newest first (ties by id), plus the total matching the filters."""
-        conditions: list[Any] = []
-        for column, value in (
-            (Payment.trip_id, query.trip_id),
-            (Payment.status, query.status),
-            (Payment.method, query.method),
-            (Payment.rider_id, query.rider_id),
-            (Payment.driver_id, query.driver_id),
-        ):
-            if value is not None:
-                conditions.append(column == value)
+        filters = {name: getattr(query, name) for name in _FILTERS}
+        params = {name: value for name, value in filters.items() if value is not None}
+        page_statement, count_statement = _search_statements(tuple(params))
         page = await self.session.execute(
-            select(Payment)
-            .where(*conditions)
-            .order_by(Payment.created_at.desc(), Payment.id.desc())
-            .limit(query.limit)
-            .offset(query.offset)
+            page_statement, {**params, "limit": query.limit, "offset": query.offset}
         )
         rows = page.scalars().all()
         if query.offset == 0 and len(rows) < query.limit:
             total = len(rows)
         else:
-            total = (
-                await self.session.scalar(
-                    select(func.count()).select_from(Payment).where(*conditions)
-                )
-                or 0
-            )
+            total = await self.session.scalar(count_statement, params) or 0
         return rows, total
 
     async def refunds_of(self, payment_id: int) -> Sequence[Refund]:

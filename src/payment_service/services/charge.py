@@ -26,10 +26,10 @@ import string
 import uuid
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from payment_service.auth.caller import current_actor
 from payment_service.clients.gateway import (
     ChargeAttempt,
     ChargeResult,
@@ -42,6 +42,7 @@ from payment_service.errors import ConflictError, UnprocessableError
 from payment_service.models import Payment
 from payment_service.models.enums import PaymentMethod, PaymentStatus
 from payment_service.observability import TRIP_SERVICE_REQUESTS
+from payment_service.repositories.charge_start import start_charge
 from payment_service.repositories.payment import PaymentRepository
 from payment_service.schemas.payment import ChargeRequest
 from payment_service.services.fares import FareUnavailableError, compute_fare
@@ -164,26 +165,32 @@ class ChargeService:
         except FareUnavailableError as exc:
             raise UnprocessableError(f"Cannot price the trip: {exc}.") from None
         async with self.session_factory() as session, session.begin():
-            payment = await self._insert_payment(
+            # One statement: the payment, its CHARGE_STARTED event, the key bound to it.
+            started = await start_charge(
                 session,
-                trip,
-                method=request.method.value,
+                key_id=claim.key_id,
+                token=claim.token,
+                event_type="CHARGE_STARTED",
+                event_data={"gateway": self.gateway.name},
+                actor=current_actor(),
                 amount=amount,
+                metadata=request.metadata or {},
+                trip_id=trip.trip_id,
+                rider_id=trip.rider_id,
+                driver_id=trip.driver_id,
+                currency=self.settings.currency,
+                method=request.method.value,
                 status=PaymentStatus.PROCESSING.value,
                 reference=new_reference(),
                 gateway_idempotency_key=new_gateway_key(),
-                metadata_=request.metadata or {},
             )
-            await PaymentRepository(session).append_event(
-                payment.id,
-                "CHARGE_STARTED",
-                from_status=None,
-                to_status=payment.status,
-                amount=amount,
-                data={"gateway": self.gateway.name},
-            )
-            await self.idempotency.bind(session, claim, payment_id=payment.id)
-        return payment
+            if started is None:  # another live payment for the trip won the race
+                live = await PaymentRepository(session).find_live_for_trip(trip.trip_id)
+                payment_id, live_status = live if live else (0, "unknown")
+                raise TripAlreadyPaidError(trip.trip_id, payment_id, live_status)
+            if not started.bound:  # our lease was taken over: roll the payment back
+                raise self.idempotency.lease_lost()
+        return started.payment
 
     async def _resume(
         self, claim: Claim, payment_id: int, *, source: str, payment: Payment | None = None
@@ -238,22 +245,6 @@ class ChargeService:
             rider_id=trip.rider_id if trip.rider_id is not None else request.rider_id,
             driver_id=trip.driver_id if trip.driver_id is not None else request.driver_id,
         )
-
-    async def _insert_payment(self, session: AsyncSession, trip: Trip, **values: Any) -> Payment:
-        """The PROCESSING payment, unless another live payment for the trip won the race (409)."""
-        repo = PaymentRepository(session)
-        payment = await repo.insert_unless_trip_paid(
-            trip_id=trip.trip_id,
-            rider_id=trip.rider_id,
-            driver_id=trip.driver_id,
-            currency=self.settings.currency,
-            **values,
-        )
-        if payment is None:
-            live = await repo.find_live_for_trip(trip.trip_id)
-            payment_id, live_status = live if live else (0, "unknown")
-            raise TripAlreadyPaidError(trip.trip_id, payment_id, live_status)
-        return payment
 
 
 async def _ensure_unpaid(session: AsyncSession, trip_id: int) -> None:

@@ -20,7 +20,7 @@ class PaymentNotFoundError(NotFoundError):
 
 
 async def get_payment(session: AsyncSession, payment_id: int) -> Payment:
-    payment = await PaymentRepository(session).get(payment_id)
+    payment = await PaymentRepository(session).read(payment_id)
     if payment is None:
         raise PaymentNotFoundError(payment_id)
     return payment
