@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from payment_service.models import Payment, PaymentEvent, Receipt, Refund
 from payment_service.models.enums import PaymentStatus, RefundStatus
+from payment_service.models.payment import LIVE_TRIP_PREDICATE, TRIP_PAYMENT_KINDS
 
 UNSETTLED = (PaymentStatus.PROCESSING.value, PaymentStatus.PENDING.value)
 
@@ -48,11 +49,15 @@ class PaymentRepository:
         return result.scalar_one_or_none()
 
     async def find_live_for_trip(self, trip_id: int) -> tuple[int, str] | None:
-        """(id, status) of the trip's live (not FAILED) payment, if any."""
+        """(id, status) of the trip's live (not FAILED) fare or fee payment, if any."""
         row = (
             await self.session.execute(
                 select(Payment.id, Payment.status)
-                .where(Payment.trip_id == trip_id, Payment.status != PaymentStatus.FAILED.value)
+                .where(
+                    Payment.trip_id == trip_id,
+                    Payment.status != PaymentStatus.FAILED.value,
+                    Payment.kind.in_(TRIP_PAYMENT_KINDS),
+                )
                 .limit(1)
             )
         ).one_or_none()
@@ -67,7 +72,7 @@ class PaymentRepository:
             insert(Payment)
             .values(**values)
             .on_conflict_do_nothing(
-                index_elements=[Payment.trip_id], index_where=text("status <> 'FAILED'")
+                index_elements=[Payment.trip_id], index_where=text(LIVE_TRIP_PREDICATE)
             )
             .returning(Payment)
         )

@@ -34,6 +34,7 @@ from payment_service.repositories.idempotency import IdempotencyRepository
 from payment_service.repositories.outbox import OutboxRepository
 from payment_service.repositories.payment import PaymentRepository
 from payment_service.schemas.payment import payment_dict
+from payment_service.services.ledger import post_capture, post_refund
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,19 @@ CHARGE_STATUS_CODES = {
     PaymentStatus.SUCCESS.value: 201,
     PaymentStatus.PENDING.value: 202,
     PaymentStatus.FAILED.value: 202,
+}
+# The idempotency operation and the outbox message type of each kind of payment.
+KIND_OPERATIONS = {
+    "FARE": "charge",
+    "CANCELLATION_FEE": "charge",
+    "TIP": "tip",
+    "ADJUSTMENT": "adjustment",
+}
+KIND_MESSAGE_TYPES = {
+    "FARE": "payment",
+    "CANCELLATION_FEE": "cancellation_fee",
+    "TIP": "tip",
+    "ADJUSTMENT": "adjustment",
 }
 # Where each outcome may come from (the database trigger enforces the same).
 _CHARGE_SOURCES = {
@@ -109,10 +123,13 @@ async def finish_charge(
         },
         actor=_actor(source),
     )
-    await OutboxRepository(session).enqueue("payment", payment_id, payment_message(moved))
+    if target == PaymentStatus.SUCCESS.value:
+        await post_capture(session, moved)  # the journal commits with the capture
+    message = payment_message(moved)
+    await OutboxRepository(session).enqueue(message["type"], payment_id, message)
     answer = charge_answer(moved, result.message)
     await IdempotencyRepository(session).complete_bound(
-        operation="charge",
+        operation=KIND_OPERATIONS.get(moved.kind, "charge"),
         status=answer.status_code,
         body=answer.body.decode("utf-8"),
         payment_id=payment_id,
@@ -134,9 +151,11 @@ def _actor(source: str) -> str | None:
 
 
 def payment_message(payment: Payment) -> dict[str, Any]:
-    """What the Notification service is told about a charge."""
+    """What the Notification service is told about a charge (a tip, adjustment, fee...)."""
     return {
-        "type": "payment",
+        "type": KIND_MESSAGE_TYPES.get(payment.kind, "payment"),
+        "kind": payment.kind,
+        "parent_payment_id": payment.parent_payment_id,
         "event": f"payment.{payment.status.lower()}",
         "payment_id": payment.id,
         "trip_id": payment.trip_id,
@@ -219,6 +238,8 @@ async def finish_refund(
     previous = payment.status
     succeeded = result.status is RefundStatus.SUCCEEDED
     payment = await repo.settle_reservation(payment.id, finished.amount, refunded=succeeded)
+    if succeeded:
+        await post_refund(session, payment, finished)  # the journal commits with the refund
     await repo.append_event(
         payment.id,
         "REFUND" if succeeded else "REFUND_FAILED",
