@@ -1,0 +1,1 @@
+"""Fare adjustments (issue 12): placeholder until the adjustment flow lands."""

@@ -1,0 +1,169 @@
+"""The ledger (issue 12): a balanced journal with every capture and refund, tips,
+cancellation fees, and the read endpoints — against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from payment_service.sandbox.runner import Sandbox
+from payment_service.sandbox.trips import Trip
+from tests.conftest import insert_payment
+
+CHARGE = "/v1/payments/charge"
+CENT = Decimal("0.01")
+
+
+def commission_of(amount: Decimal, rate: Decimal = Decimal("0.20")) -> Decimal:
+    return (amount * rate).quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+def new_driver() -> int:
+    return random.randrange(10_000_000, 2_000_000_000)
+
+
+def put_trip(peers: Sandbox, trip_id: int, driver_id: int, fare: str, **extra: Any) -> None:
+    values: dict[str, Any] = {
+        "trip_id": trip_id,
+        "rider_id": 77,
+        "driver_id": driver_id,
+        "status": "COMPLETED",
+        "distance_km": Decimal("12.4"),
+        "base_fare": Decimal("5.00"),
+        "surge_multiplier": Decimal("1.0"),
+        "total_fare": Decimal(fare),
+        "pickup_zone": "Airport",
+        "drop_zone": "Downtown",
+    }
+    values.update(extra)
+    peers.trips.put(Trip(**values))
+
+
+async def charge(client: httpx.AsyncClient, trip_id: int, **extra: Any) -> dict[str, Any]:
+    body = {"trip_id": trip_id, "method": "CARD", "idempotency_key": f"c-{uuid.uuid4()}"}
+    body.update(extra)
+    response = await client.post(CHARGE, json=body)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def trip_ledger(client: httpx.AsyncClient, trip_id: int) -> list[dict[str, Any]]:
+    response = await client.get(f"/v1/trips/{trip_id}/ledger", params={"limit": 500})
+    assert response.status_code == 200, response.text
+    return response.json()["entries"]
+
+
+def account_totals(entries: list[dict[str, Any]]) -> dict[str, Decimal]:
+    totals: dict[str, Decimal] = defaultdict(Decimal)
+    for entry in entries:
+        assert sum(Decimal(str(line["amount"])) for line in entry["lines"]) == 0
+        for line in entry["lines"]:
+            totals[line["account"]] += Decimal(str(line["amount"]))
+    return dict(totals)
+
+
+async def test_a_capture_posts_one_balanced_journal(
+    money_client: httpx.AsyncClient, peers: Sandbox, new_trip_id: Callable[[], int]
+) -> None:
+    trip_id, driver = new_trip_id(), new_driver()
+    put_trip(peers, trip_id, driver, "99.99")
+    payment = await charge(money_client, trip_id)
+    assert payment["kind"] == "FARE"
+
+    [entry] = await trip_ledger(money_client, trip_id)
+    assert entry["entry_type"] == "CAPTURE" and entry["payment_id"] == payment["payment_id"]
+    assert account_totals([entry]) == {
+        "processor:clearing": Decimal("99.99"),
+        f"driver:{driver}": -(Decimal("99.99") - Decimal("20.00")),
+        "platform:commission": Decimal("-20.00"),
+    }
+
+
+async def test_refunds_reverse_in_proportion_and_a_full_refund_leaves_nothing(
+    money_client: httpx.AsyncClient, peers: Sandbox, new_trip_id: Callable[[], int]
+) -> None:
+    """Odd partial refunds never make the cents drift: after all of it, every account is 0."""
+    trip_id, driver = new_trip_id(), new_driver()
+    put_trip(peers, trip_id, driver, "10.03")
+    payment = await charge(money_client, trip_id)
+    for amount in ("0.01", "3.33", "0.07", None):
+        body: dict[str, Any] = {"idempotency_key": f"r-{uuid.uuid4()}"}
+        if amount:
+            body["amount"] = amount
+        refund = await money_client.post(f"/v1/payments/{payment['payment_id']}/refund", json=body)
+        assert refund.status_code == 200, refund.text
+
+    entries = await trip_ledger(money_client, trip_id)
+    assert [e["entry_type"] for e in entries] == ["CAPTURE"] + ["REFUND"] * 4
+    totals = account_totals(entries)
+    assert set(totals.values()) == {Decimal("0")}, totals
+    commission_back = [
+        line["amount"]
+        for e in entries[1:]
+        for line in e["lines"]
+        if line["account"] == "platform:commission"
+    ]
+    # cumulative rounding: 2.01 x 0.01/10.03 -> 0.00 (no line), then 0.67, 0.01, the rest.
+    assert sum(Decimal(str(a)) for a in commission_back) == commission_of(Decimal("10.03"))
+
+
+async def test_the_database_refuses_an_unbalanced_journal_and_any_change(
+    engine: AsyncEngine,
+) -> None:
+    async with engine.connect() as connection:
+        async with connection.begin():
+            payment_id = await _payment(connection)
+        with pytest.raises(DBAPIError, match="does not balance"):
+            async with connection.begin():
+                journal = await _journal(connection, payment_id)
+                await _line(connection, journal, "processor:clearing", "10.00")
+                await _line(connection, journal, "driver:1", "-9.99")
+        with pytest.raises(DBAPIError, match="does not balance"):
+            async with connection.begin():
+                await _journal(connection, payment_id)  # no lines at all
+        async with connection.begin():
+            journal = await _journal(connection, payment_id)
+            await _line(connection, journal, "processor:clearing", "10.00")
+            await _line(connection, journal, "driver:1", "-10.00")
+        for statement in (
+            "UPDATE ledger_lines SET amount = amount * 2 WHERE journal_id = :j",
+            "DELETE FROM ledger_lines WHERE journal_id = :j",
+            "DELETE FROM ledger_journals WHERE id = :j",
+        ):
+            with pytest.raises(DBAPIError, match="append-only"):
+                async with connection.begin():
+                    await connection.execute(text(statement), {"j": journal})
+
+
+async def _payment(connection: Any) -> int:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    async with AsyncSession(bind=connection, join_transaction_mode="create_savepoint") as session:
+        return await insert_payment(session)
+
+
+async def _journal(connection: Any, payment_id: int) -> int:
+    row = await connection.execute(
+        text(
+            "INSERT INTO ledger_journals (entry_type, payment_kind, payment_id, refund_id, "
+            "trip_id, amount) VALUES ('CAPTURE', 'FARE', :p, NULL, 1, 10) RETURNING id"
+        ).bindparams(p=payment_id)
+    )
+    return row.scalar_one()
+
+
+async def _line(connection: Any, journal: int, account: str, amount: str) -> None:
+    await connection.execute(
+        text("INSERT INTO ledger_lines (journal_id, account, amount) VALUES (:j, :a, :m)"),
+        {"j": journal, "a": account, "m": Decimal(amount)},
+    )
