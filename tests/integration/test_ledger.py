@@ -3,6 +3,7 @@ cancellation fees, and the read endpoints — against a real PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 from collections import defaultdict
@@ -18,7 +19,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from payment_service.sandbox.runner import Sandbox
 from payment_service.sandbox.trips import Trip
-from tests.conftest import insert_payment
 
 CHARGE = "/v1/payments/charge"
 CENT = Decimal("0.01")
@@ -146,10 +146,14 @@ async def test_the_database_refuses_an_unbalanced_journal_and_any_change(
 
 
 async def _payment(connection: Any) -> int:
-    from sqlalchemy.ext.asyncio import AsyncSession
-
-    async with AsyncSession(bind=connection, join_transaction_mode="create_savepoint") as session:
-        return await insert_payment(session)
+    row = await connection.execute(
+        text(
+            "INSERT INTO payments (trip_id, amount, method, status, reference) "
+            "VALUES (:t, 10, 'CARD', 'SUCCESS', :r) RETURNING id"
+        ),
+        {"t": random.randrange(8_000_000_000, 9_000_000_000), "r": f"T-{uuid.uuid4().hex[:20]}"},
+    )
+    return row.scalar_one()
 
 
 async def _journal(connection: Any, payment_id: int) -> int:
@@ -167,3 +171,133 @@ async def _line(connection: Any, journal: int, account: str, amount: str) -> Non
         text("INSERT INTO ledger_lines (journal_id, account, amount) VALUES (:j, :a, :m)"),
         {"j": journal, "a": account, "m": Decimal(amount)},
     )
+
+
+async def test_a_tip_is_all_the_drivers_and_shows_in_the_earnings(
+    money_client: httpx.AsyncClient, peers: Sandbox, new_trip_id: Callable[[], int]
+) -> None:
+    trip_id, driver = new_trip_id(), new_driver()
+    put_trip(peers, trip_id, driver, "50.00")
+    fare = await charge(money_client, trip_id)
+    response = await money_client.post(
+        f"/v1/payments/{fare['payment_id']}/tips",
+        json={"idempotency_key": "tip-1", "amount": 12.5},
+    )
+    assert response.status_code == 201, response.text
+    tip = response.json()
+    assert (tip["kind"], tip["parent_payment_id"], tip["amount"]) == (
+        "TIP",
+        fare["payment_id"],
+        12.5,
+    )
+    assert tip["trip_id"] == trip_id and tip["driver_id"] == driver
+
+    entries = await trip_ledger(money_client, trip_id)
+    assert [(e["payment_kind"], e["entry_type"]) for e in entries] == [
+        ("FARE", "CAPTURE"),
+        ("TIP", "CAPTURE"),
+    ]
+    assert account_totals([entries[1]]) == {
+        "processor:clearing": Decimal("12.50"),
+        f"driver:{driver}": Decimal("-12.50"),
+    }
+    earnings = await money_client.get(f"/v1/drivers/{driver}/earnings")
+    assert earnings.status_code == 200, earnings.text
+    totals = earnings.json()["totals"]
+    assert totals == {
+        "gross_fares": 50.0,
+        "adjustments": 0.0,
+        "tips": 12.5,
+        "refunds": 0.0,
+        "commission": 10.0,
+        "net": 52.5,
+    }
+    assert earnings.json()["total"] == 1 and earnings.json()["days"][0]["entries"] == 2
+    day = earnings.json()["days"][0]["day"]
+    empty = await money_client.get(
+        f"/v1/drivers/{driver}/earnings", params={"from": "2001-01-01", "to": "2001-01-02"}
+    )
+    assert empty.json()["days"] == [] and empty.json()["totals"]["net"] == 0
+    backwards = await money_client.get(
+        f"/v1/drivers/{driver}/earnings", params={"from": day, "to": "2001-01-01"}
+    )
+    assert backwards.status_code == 422
+
+
+async def test_ten_concurrent_tips_with_one_key_make_one_tip(
+    money_client: httpx.AsyncClient,
+    peers: Sandbox,
+    new_trip_id: Callable[[], int],
+    engine: AsyncEngine,
+) -> None:
+    trip_id = new_trip_id()
+    put_trip(peers, trip_id, new_driver(), "30.00")
+    fare = await charge(money_client, trip_id)
+    url = f"/v1/payments/{fare['payment_id']}/tips"
+    answers = await asyncio.gather(
+        *(
+            money_client.post(url, json={"idempotency_key": "same", "amount": "5.00"})
+            for _ in range(10)
+        )
+    )
+    assert {a.status_code for a in answers} == {201}, [a.text for a in answers]
+    assert len({a.json()["payment_id"] for a in answers}) == 1
+    assert sum(a.headers.get("Idempotent-Replayed") == "true" for a in answers) == 9
+    async with engine.connect() as connection:
+        tips = (
+            await connection.execute(
+                text("SELECT count(*) FROM payments WHERE parent_payment_id = :p"),
+                {"p": fare["payment_id"]},
+            )
+        ).scalar_one()
+    assert tips == 1
+    other_body = await money_client.post(url, json={"idempotency_key": "same", "amount": "6.00"})
+    assert other_body.status_code == 422
+
+
+async def test_tips_are_limited_and_only_on_a_paid_fare(
+    money_client: httpx.AsyncClient, peers: Sandbox, new_trip_id: Callable[[], int]
+) -> None:
+    trip_id = new_trip_id()
+    put_trip(peers, trip_id, new_driver(), "30.00")
+    fare = await charge(money_client, trip_id)
+    url = f"/v1/payments/{fare['payment_id']}/tips"
+    big = await money_client.post(url, json={"idempotency_key": "t1", "amount": "400.00"})
+    assert big.status_code == 201
+    over = await money_client.post(url, json={"idempotency_key": "t2", "amount": "100.01"})
+    assert over.status_code == 422 and over.json()["type"].endswith("/tip-not-allowed")
+    assert over.json()["remaining_tip"] == 100.0
+    # Retrying a refused key later works: nothing was stored for it.
+    fits = await money_client.post(url, json={"idempotency_key": "t2", "amount": "100.00"})
+    assert fits.status_code == 201
+    on_tip = await money_client.post(
+        f"/v1/payments/{big.json()['payment_id']}/tips",
+        json={"idempotency_key": "t3", "amount": "1.00"},
+    )
+    assert on_tip.status_code == 409
+    missing = await money_client.post(
+        "/v1/payments/987654321/tips", json={"idempotency_key": "t4", "amount": "1.00"}
+    )
+    assert missing.status_code == 404
+    bad = await money_client.post(url, json={"idempotency_key": "t5", "amount": "-1"})
+    assert bad.status_code == 422
+
+
+async def test_a_cancelled_trip_with_a_fee_is_charged_the_fee(
+    money_client: httpx.AsyncClient, peers: Sandbox, new_trip_id: Callable[[], int]
+) -> None:
+    with_fee, without_fee, driver = new_trip_id(), new_trip_id(), new_driver()
+    put_trip(peers, with_fee, driver, "0", status="CANCELLED", cancellation_fee=Decimal("4.99"))
+    put_trip(peers, without_fee, driver, "0", status="CANCELLED")
+    fee = await charge(money_client, with_fee)
+    assert (fee["kind"], fee["amount"]) == ("CANCELLATION_FEE", 4.99)
+    refused = await money_client.post(
+        CHARGE, json={"trip_id": without_fee, "method": "CARD", "idempotency_key": "nofee"}
+    )
+    assert refused.status_code == 422 and refused.json()["type"].endswith("/trip-not-completed")
+    [entry] = await trip_ledger(money_client, with_fee)
+    assert account_totals([entry])["platform:commission"] == -commission_of(Decimal("4.99"))
+    again = await money_client.post(
+        CHARGE, json={"trip_id": with_fee, "method": "CARD", "idempotency_key": "fee-2"}
+    )
+    assert again.status_code == 409  # one live fee per trip, like a fare

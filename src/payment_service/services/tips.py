@@ -47,6 +47,7 @@ from payment_service.services.idempotency import (
 from payment_service.services.payments import PaymentNotFoundError
 from payment_service.settings import Settings
 
+CENT = Decimal("0.01")
 TIPPABLE_STATUSES = (PaymentStatus.SUCCESS.value, PaymentStatus.PARTIALLY_REFUNDED.value)
 
 
@@ -63,6 +64,23 @@ class TipNotAllowedError(UnprocessableError):
 
     type = "tip-not-allowed"
     title = "Tip Not Allowed"
+
+
+class ExtraAmountError(UnprocessableError):
+    """A tip or a new fare must be a positive amount with at most two decimals."""
+
+    type = "invalid-amount"
+    title = "Invalid Amount"
+
+
+def check_amount(value: Decimal, field: str) -> Decimal:
+    """> 0 with at most two decimals (checked before any key is claimed: nothing stored)."""
+    if not value.is_finite() or value <= 0 or value != value.quantize(CENT):
+        raise ExtraAmountError(
+            f"{field} must be greater than 0 with at most two decimals.",
+            errors=[{"field": field, "message": "> 0, at most 2 decimals"}],
+        )
+    return value.quantize(CENT)
 
 
 class ExtraChargeService(ChargeService):
@@ -144,6 +162,7 @@ class TipService(ExtraChargeService):
     operation = "tip"
 
     async def tip(self, payment_id: int, amount: Decimal, key: str) -> ChargeOutcome:
+        amount = check_amount(amount, "amount")
         request_fingerprint = fingerprint({"payment_id": payment_id, "amount": str(amount)})
 
         async def create(claim: Claim) -> Payment:
