@@ -5,6 +5,7 @@
   the charge learned from the Trip service (zones, distance, times, fare parts);
   `payments.commission_rate` is the platform's share in force when it was charged
   (the ledger posts with it, so a later settings change never re-prices a payment).
+- `refunds.kind`: REFUND, or ADJUSTMENT for the money a downward fare adjustment gives back.
 - `uq_payments_live_trip` now covers FARE and CANCELLATION_FEE only: tips and
   adjustments are further payments on a trip that is already paid.
 - `ledger_journals` (one per money movement: a capture or a refund) and
@@ -100,6 +101,12 @@ def upgrade() -> None:
         ["trip_id"],
         unique=True,
         postgresql_where=sa.text(LIVE_WHERE),
+    )
+    op.add_column(
+        "refunds", sa.Column("kind", sa.String(16), nullable=False, server_default="REFUND")
+    )
+    op.create_check_constraint(
+        op.f("ck_refunds_kind_valid"), "refunds", "kind IN ('REFUND', 'ADJUSTMENT')"
     )
 
     op.create_table(
@@ -209,6 +216,8 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_ledger_journals_payment_id"), table_name="ledger_journals")
     op.drop_index("uq_ledger_journals_capture", table_name="ledger_journals")
     op.drop_table("ledger_journals")
+    op.drop_constraint(op.f("ck_refunds_kind_valid"), "refunds", type_="check")
+    op.drop_column("refunds", "kind")
     # Downgrading with tips or adjustments recorded fails here (the old index is stricter).
     op.drop_index("uq_payments_live_trip", table_name="payments")
     op.create_index(

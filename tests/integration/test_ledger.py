@@ -301,3 +301,78 @@ async def test_a_cancelled_trip_with_a_fee_is_charged_the_fee(
         CHARGE, json={"trip_id": with_fee, "method": "CARD", "idempotency_key": "fee-2"}
     )
     assert again.status_code == 409  # one live fee per trip, like a fare
+
+
+async def test_adjustments_charge_or_refund_the_difference(
+    money_client: httpx.AsyncClient, peers: Sandbox, new_trip_id: Callable[[], int]
+) -> None:
+    trip_id, driver = new_trip_id(), new_driver()
+    put_trip(peers, trip_id, driver, "40.00")
+    fare = await charge(money_client, trip_id)
+    url = f"/v1/payments/{fare['payment_id']}/adjustments"
+
+    up = await money_client.post(
+        url, json={"idempotency_key": "a1", "new_fare": 55.55, "reason": "Toll added"}
+    )
+    assert up.status_code == 201, up.text
+    assert (up.json()["kind"], up.json()["amount"]) == ("ADJUSTMENT", 15.55)
+    replay = await money_client.post(
+        url, json={"idempotency_key": "a1", "new_fare": 55.55, "reason": "Toll added"}
+    )
+    assert replay.headers["Idempotent-Replayed"] == "true" and replay.json() == up.json()
+
+    down = await money_client.post(
+        url, json={"idempotency_key": "a2", "new_fare": "35.00", "reason": "Wrong route"}
+    )
+    assert down.status_code == 200, down.text
+    assert down.json()["refund_amount"] == 20.55
+    same = await money_client.post(
+        url, json={"idempotency_key": "a3", "new_fare": "35.00", "reason": "again"}
+    )
+    assert same.status_code == 422
+    too_low = await money_client.post(
+        url, json={"idempotency_key": "a4", "new_fare": "0.01", "reason": "free"}
+    )
+    # 35.00 -> 0.01 gives back 34.99, but only 40.00 - 20.55 = 19.45 remains on the fare.
+    assert too_low.status_code == 422 and too_low.json()["remaining_refundable"] == 19.45
+
+    entries = await trip_ledger(money_client, trip_id)
+    assert [(e["payment_kind"], e["entry_type"]) for e in entries] == [
+        ("FARE", "CAPTURE"),
+        ("ADJUSTMENT", "CAPTURE"),
+        ("FARE", "REFUND"),
+    ]
+    totals = account_totals(entries)
+    # The driver nets 80% of the trip's final fare of 35.00, to the cent.
+    assert totals[f"driver:{driver}"] + totals["platform:commission"] == Decimal("-35.00")
+    assert totals["processor:clearing"] == Decimal("35.00")
+
+
+async def test_concurrent_adjustments_and_refunds_never_pass_what_was_captured(
+    money_client: httpx.AsyncClient, peers: Sandbox, new_trip_id: Callable[[], int]
+) -> None:
+    trip_id = new_trip_id()
+    put_trip(peers, trip_id, new_driver(), "20.00")
+    fare = await charge(money_client, trip_id)
+    base = f"/v1/payments/{fare['payment_id']}"
+    answers = await asyncio.gather(
+        *(
+            money_client.post(
+                f"{base}/adjustments",
+                json={"idempotency_key": f"ca-{i}", "new_fare": "14.00", "reason": f"r{i}"},
+            )
+            for i in range(5)
+        ),
+        *(
+            money_client.post(
+                f"{base}/refund", json={"idempotency_key": f"cr-{i}", "amount": "5.00"}
+            )
+            for i in range(5)
+        ),
+    )
+    assert all(a.status_code in (200, 409, 422) for a in answers), [a.text for a in answers]
+    payment = (await money_client.get(base)).json()
+    assert Decimal(str(payment["refunded_amount"])) <= Decimal("20.00")
+    entries = await trip_ledger(money_client, trip_id)
+    refunded = sum(Decimal(str(e["amount"])) for e in entries if e["entry_type"] == "REFUND")
+    assert refunded == Decimal(str(payment["refunded_amount"]))

@@ -24,6 +24,7 @@ OPERATION_IDS = {
     ("get", "/v1/payments/{payment_id}/receipt"): "getReceipt",
     ("get", "/v1/payments/{payment_id}/receipt.html"): "getReceiptHtml",
     ("post", "/v1/payments/{payment_id}/tips"): "tipPayment",
+    ("post", "/v1/payments/{payment_id}/adjustments"): "adjustFare",
     ("get", "/v1/trips/{trip_id}/ledger"): "getTripLedger",
     ("get", "/v1/drivers/{driver_id}/earnings"): "getDriverEarnings",
     ("get", "/health"): "health",

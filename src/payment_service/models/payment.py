@@ -145,6 +145,7 @@ class Refund(Base):
     __table_args__ = (
         CheckConstraint("amount > 0", name="amount_positive"),
         CheckConstraint(f"status IN ({sql_in(RefundStatus)})", name="status_valid"),
+        CheckConstraint("kind IN ('REFUND', 'ADJUSTMENT')", name="kind_valid"),
         Index(
             "ix_refunds_processing", "created_at", postgresql_where=text("status = 'PROCESSING'")
         ),
@@ -160,6 +161,8 @@ class Refund(Base):
     gateway_idempotency_key: Mapped[str | None] = mapped_column(String(64), unique=True)
     gateway_reference: Mapped[str | None] = mapped_column(String(64))
     failure_reason: Mapped[str | None] = mapped_column(Text)
+    # REFUND, or ADJUSTMENT when a downward fare adjustment gives money back (0008).
+    kind: Mapped[str] = mapped_column(String(16), nullable=False, server_default="REFUND")
     created_at: Mapped[datetime] = created_at_column()
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()

@@ -132,7 +132,13 @@ class PaymentRepository:
         return (await self.session.execute(statement)).scalar_one_or_none()
 
     async def reserve_refund(
-        self, payment_id: int, *, amount: Decimal, reason: str | None, gateway_key: str
+        self,
+        payment_id: int,
+        *,
+        amount: Decimal,
+        reason: str | None,
+        gateway_key: str,
+        kind: str = "REFUND",
     ) -> Refund:
         """A PROCESSING refund and its reservation on the payment (row locked by the caller).
 
@@ -147,6 +153,7 @@ class PaymentRepository:
                     reason=reason,
                     status=RefundStatus.PROCESSING.value,
                     gateway_idempotency_key=gateway_key,
+                    kind=kind,
                 )
                 .returning(Refund)
             )

@@ -254,10 +254,11 @@ async def finish_refund(
             "source": source,
         },
     )
-    await OutboxRepository(session).enqueue("refund", payment.id, refund_message(payment, finished))
+    message = refund_message(payment, finished)
+    await OutboxRepository(session).enqueue(message["type"], payment.id, message)
     answer = refund_answer(payment, finished)
     await IdempotencyRepository(session).complete_bound(
-        operation="refund",
+        operation="adjustment" if finished.kind == "ADJUSTMENT" else "refund",
         status=answer.status_code,
         body=answer.body.decode("utf-8"),
         payment_id=payment.id,
@@ -276,7 +277,7 @@ async def finish_refund(
 def refund_message(payment: Payment, refund: Refund) -> dict[str, Any]:
     """What the Notification service is told about a refund (with the payment's new state)."""
     return {
-        "type": "refund",
+        "type": "adjustment" if refund.kind == "ADJUSTMENT" else "refund",
         "event": (
             f"payment.{payment.status.lower()}"
             if refund.status == RefundStatus.SUCCEEDED.value
