@@ -376,3 +376,56 @@ async def test_concurrent_adjustments_and_refunds_never_pass_what_was_captured(
     entries = await trip_ledger(money_client, trip_id)
     refunded = sum(Decimal(str(e["amount"])) for e in entries if e["entry_type"] == "REFUND")
     assert refunded == Decimal(str(payment["refunded_amount"]))
+
+
+async def test_the_receipt_shows_the_trip_the_fare_parts_tips_and_adjustments(
+    money_client: httpx.AsyncClient, peers: Sandbox, new_trip_id: Callable[[], int]
+) -> None:
+    trip_id = new_trip_id()
+    put_trip(
+        peers,
+        trip_id,
+        new_driver(),
+        "45.00",
+        surge_multiplier=Decimal("1.5"),
+        started_at="2026-12-01T08:00:00Z",
+        ended_at="2026-12-01T08:31:00Z",
+    )
+    fare = await charge(money_client, trip_id)
+    base = f"/v1/payments/{fare['payment_id']}"
+    tip = await money_client.post(f"{base}/tips", json={"idempotency_key": "rt", "amount": 7})
+    assert tip.status_code == 201
+    adjusted = await money_client.post(
+        f"{base}/adjustments",
+        json={"idempotency_key": "ra", "new_fare": 40, "reason": "Shorter route"},
+    )
+    assert adjusted.status_code == 200, adjusted.text
+    peers.trips.reset()  # the receipt needs no Trip call: the payment kept the trip
+
+    receipt = (await money_client.get(f"{base}/receipt")).json()
+    assert receipt["merchant_name"] == "Ride Hailing Payments"
+    assert receipt["trip"] == {
+        "pickup_zone": "Airport",
+        "drop_zone": "Downtown",
+        "distance_km": 12.4,
+        "started_at": "2026-12-01T08:00:00Z",
+        "ended_at": "2026-12-01T08:31:00Z",
+    }
+    assert receipt["fare_breakdown"] == {
+        "base": 5.0,
+        "distance": 25.0,
+        "surge": 15.0,
+        "surge_multiplier": 1.5,
+        "total": 45.0,
+    }
+    assert [t["amount"] for t in receipt["tips"]] == [7.0] and receipt["tips_total"] == 7.0
+    [adjustment] = receipt["adjustments"]
+    assert (adjustment["old_fare"], adjustment["new_fare"], adjustment["reason"]) == (
+        45.0,
+        40.0,
+        "Shorter route",
+    )
+    assert receipt["refunded_amount"] == 5.0 and receipt["net_amount"] == 40.0
+    page = await money_client.get(f"{base}/receipt", headers={"Accept": "text/html"})
+    for text_shown in ("Airport", "Downtown", "Shorter route", "Tips", "Ride Hailing Payments"):
+        assert text_shown in page.text
