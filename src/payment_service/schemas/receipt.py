@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, WithJsonSchema
 
 from payment_service.schemas.common import Money
 from payment_service.schemas.payment import PaymentRead
@@ -23,7 +24,7 @@ class ReceiptTrip(BaseModel):
 
     pickup_zone: str | None = None
     drop_zone: str | None = None
-    distance_km: Decimal | None = None
+    distance_km: Annotated[Decimal, WithJsonSchema({"type": "number"})] | None = None
     started_at: str | None = None
     ended_at: str | None = None
 

@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from payment_service.models import LedgerJournal, LedgerLine, Payment, Refund
 from payment_service.models.enums import PaymentMethod
+from payment_service.observability import LEDGER_JOURNALS
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ async def _journal(
     ).scalar_one_or_none()
     if journal_id is None:
         return None
+    LEDGER_JOURNALS.labels(entry_type=entry_type).inc()
     rows = [
         {"journal_id": journal_id, "account": account, "amount": value}
         for account, value in lines

@@ -26,6 +26,7 @@ from payment_service.models.enums import PaymentStatus, RefundStatus
 from payment_service.observability import (
     PAYMENT_AMOUNT,
     PAYMENTS,
+    PAYMENTS_BY_KIND,
     REFUND_AMOUNT,
     REFUNDS,
     current_request_id,
@@ -136,6 +137,7 @@ async def finish_charge(
         refund_id=None,
     )
     PAYMENTS.labels(method=moved.method, status=target).inc()
+    PAYMENTS_BY_KIND.labels(kind=moved.kind, status=target).inc()
     if target == PaymentStatus.SUCCESS.value:
         PAYMENT_AMOUNT.observe(float(moved.amount))
     log.info(
