@@ -76,6 +76,12 @@ async def _payments(session_factory: SessionFactory, batch: int = 500) -> AsyncI
         last_id = page[-1].id
 
 
+async def _nothing() -> AsyncIterator[Payment]:
+    """The simulator keeps no record to compare with."""
+    return
+    yield  # pragma: no cover
+
+
 async def reconcile(
     session_factory: SessionFactory, gateway: PaymentGateway
 ) -> ReconciliationReport:
@@ -83,7 +89,8 @@ async def reconcile(
     differences: list[Difference] = []
     compared = 0
     records_seen = 0
-    async for payment in _payments(session_factory):
+    without_ledger = gateway.name == "simulator"
+    async for payment in _nothing() if without_ledger else _payments(session_factory):
         compared += 1
         record = await gateway.processor_record(charge_attempt(payment))
         expected = payment.amount if payment.status in CAPTURED_STATUSES else Decimal("0")
@@ -108,7 +115,6 @@ async def reconcile(
             differ(
                 f"the processor refunded {record.refunded}; we recorded {payment.refunded_amount}"
             )
-    without_ledger = gateway.name == "simulator"
     # Our own ledger against our payments (services/ledger_audit.py), whatever the gateway.
     async with session_factory() as session:
         ledger_checked, ledger_found = await ledger_differences(session)
