@@ -28,6 +28,7 @@ from tests.integration.test_ledger import CHARGE, put_trip
 SEED = 20261201
 BATCHES = 15
 BATCH_SIZE = 20
+CENT = Decimal("0.01")
 
 
 class Storm:
@@ -88,10 +89,29 @@ class Storm:
         if copies == 2 and answers[0].status_code == 201:
             assert answers[0].json()["payment_id"] == answers[1].json()["payment_id"]
 
+    async def adjust(self) -> None:
+        if not self.fares:
+            return await self.charge()
+        fare = self.rng.choice(self.fares)
+        factor = Decimal(self.rng.randrange(50, 150)) / 100
+        new_fare = max(Decimal("0.01"), (Decimal(str(fare["amount"])) * factor).quantize(CENT))
+        response = await self.client.post(
+            f"/v1/payments/{fare['payment_id']}/adjustments",
+            json={
+                "idempotency_key": f"storm-{uuid.uuid4()}",
+                "new_fare": str(new_fare),
+                "reason": "storm",
+            },
+        )
+        assert response.status_code in (200, 201, 202, 409, 422), response.text
+        self.outcomes[f"adjust {response.status_code}"] += 1
+
     async def run(self) -> None:
         for _ in range(BATCHES):
             operations = [
-                self.rng.choices([self.charge, self.refund, self.tip], weights=[4, 3, 3])[0]
+                self.rng.choices(
+                    [self.charge, self.refund, self.tip, self.adjust], weights=[4, 3, 2, 2]
+                )[0]
                 for _ in range(BATCH_SIZE)
             ]
             await asyncio.gather(*(operation() for operation in operations))
@@ -105,6 +125,7 @@ async def test_storm_leaves_a_ledger_that_balances_and_agrees_with_everything(
     print(dict(storm.outcomes))  # the storm's figures (pytest -s shows them)
     assert storm.outcomes["charge 201"] > 50 and storm.outcomes["refund 200"] > 20
     assert storm.outcomes["tip 201"] > 20
+    assert storm.outcomes["adjust 201"] > 5 and storm.outcomes["adjust 200"] > 5
 
     async with empty_db.connect() as connection:
         unbalanced = (
@@ -132,7 +153,9 @@ async def test_storm_leaves_a_ledger_that_balances_and_agrees_with_everything(
             entries = (await money_client.get(f"/v1/trips/{trip_id}/ledger")).json()["entries"]
             for entry in entries:
                 amount = Decimal(str(entry["amount"]))
-                kind = {"FARE": "gross_fares", "TIP": "tips"}[entry["payment_kind"]]
+                kind = {"FARE": "gross_fares", "TIP": "tips", "ADJUSTMENT": "adjustments"}[
+                    entry["payment_kind"]
+                ]
                 from_trips["refunds" if entry["entry_type"] == "REFUND" else kind] += amount
                 for line in entry["lines"]:
                     value = Decimal(str(line["amount"]))
@@ -140,10 +163,14 @@ async def test_storm_leaves_a_ledger_that_balances_and_agrees_with_everything(
                         from_trips["net"] -= value
                     if line["account"] == "platform:commission":
                         from_trips["commission"] -= value
-        for name in ("gross_fares", "tips", "refunds", "commission", "net"):
+        for name in ("gross_fares", "adjustments", "tips", "refunds", "commission", "net"):
             assert totals[name] == from_trips[name], (driver, name)
         assert totals["net"] == (
-            totals["gross_fares"] + totals["tips"] - totals["refunds"] - totals["commission"]
+            totals["gross_fares"]
+            + totals["adjustments"]
+            + totals["tips"]
+            - totals["refunds"]
+            - totals["commission"]
         )
 
     # The reconciliation (ledger <-> payments) reports nothing.
@@ -179,7 +206,7 @@ async def test_storm_leaves_a_ledger_that_balances_and_agrees_with_everything(
         ).scalar_one()
     assert Decimal(rows[-1]["net"]) == ledger_net
     assert Decimal(rows[-1]["commission"]) == commission
-    for name in ("gross_fares", "tips", "refunds", "net"):
+    for name in ("gross_fares", "adjustments", "tips", "refunds", "net"):
         assert Decimal(rows[-1][name]) == sum(Decimal(r[name]) for r in rows[:-1])
 
 
