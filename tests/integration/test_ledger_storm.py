@@ -204,6 +204,7 @@ async def test_storm_leaves_a_ledger_that_balances_and_agrees_with_everything(
                 )
             )
         ).scalar_one()
+    print({"journals": journals, **{k: rows[-1][k] for k in rows[-1] if k != "date"}})
     assert Decimal(rows[-1]["net"]) == ledger_net
     assert Decimal(rows[-1]["commission"]) == commission
     for name in ("gross_fares", "adjustments", "tips", "refunds", "net"):
