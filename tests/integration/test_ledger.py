@@ -255,6 +255,52 @@ async def test_ten_concurrent_tips_with_one_key_make_one_tip(
     assert other_body.status_code == 422
 
 
+async def test_each_kind_has_its_outbox_message_type(
+    money_client: httpx.AsyncClient,
+    peers: Sandbox,
+    new_trip_id: Callable[[], int],
+    engine: AsyncEngine,
+) -> None:
+    trip_id, fee_trip = new_trip_id(), new_trip_id()
+    put_trip(peers, trip_id, new_driver(), "30.00")
+    put_trip(peers, fee_trip, new_driver(), "0", status="CANCELLED", cancellation_fee=Decimal(3))
+    fare = await charge(money_client, trip_id)
+    fee = await charge(money_client, fee_trip)
+    base = f"/v1/payments/{fare['payment_id']}"
+    tip = await money_client.post(f"{base}/tips", json={"idempotency_key": "o1", "amount": 2})
+    up = await money_client.post(
+        f"{base}/adjustments", json={"idempotency_key": "o2", "new_fare": 31, "reason": "x"}
+    )
+    down = await money_client.post(
+        f"{base}/adjustments", json={"idempotency_key": "o3", "new_fare": 29, "reason": "y"}
+    )
+    assert (tip.status_code, up.status_code, down.status_code) == (201, 201, 200)
+    async with engine.connect() as connection:
+        rows = (
+            await connection.execute(
+                text(
+                    "SELECT message_type, payload->>'kind' AS kind FROM notification_outbox "
+                    "WHERE payment_id = ANY(:ids) ORDER BY id"
+                ),
+                {
+                    "ids": [
+                        fare["payment_id"],
+                        fee["payment_id"],
+                        tip.json()["payment_id"],
+                        up.json()["payment_id"],
+                    ]
+                },
+            )
+        ).all()
+    assert [tuple(row) for row in rows] == [
+        ("payment", "FARE"),
+        ("cancellation_fee", "CANCELLATION_FEE"),
+        ("tip", "TIP"),
+        ("adjustment", "ADJUSTMENT"),
+        ("adjustment", None),  # the downward adjustment's refund, on the fare payment
+    ]
+
+
 async def test_tips_are_limited_and_only_on_a_paid_fare(
     money_client: httpx.AsyncClient, peers: Sandbox, new_trip_id: Callable[[], int]
 ) -> None:
