@@ -33,8 +33,8 @@ SEED_FILE = ROOT / "seeds" / "rhfd_payments.csv"
 TRIPS_FILE = ROOT / "seeds" / "rhfd_trips.csv"
 SHARED_FIXTURE = ROOT.parent / "shared" / "fixtures" / "rhfd_payments.csv"
 TABLES = (
-    "gateway_events, payment_events, refunds, receipts, notification_outbox, idempotency_keys, "
-    "payments, api_keys, api_clients"
+    "ledger_lines, ledger_journals, gateway_events, payment_events, refunds, receipts, "
+    "notification_outbox, idempotency_keys, payments, api_keys, api_clients"
 )
 
 

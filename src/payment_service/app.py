@@ -22,7 +22,16 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.responses import Response
 
 from payment_service import __version__
-from payment_service.api import charges, health, payments, receipts, refunds, webhooks
+from payment_service.api import (
+    charges,
+    health,
+    ledger,
+    payments,
+    receipts,
+    refunds,
+    tips,
+    webhooks,
+)
 from payment_service.api.docs import install_docs
 from payment_service.auth.guard import CallerContextMiddleware, Guard, document_scopes
 from payment_service.auth.store import KeyStore
@@ -128,7 +137,7 @@ def create_app(
     app.state.settings = settings
     install_error_handlers(app)
     install_docs(app)
-    for module in (health, payments, charges, refunds, receipts, webhooks):
+    for module in (health, payments, charges, refunds, tips, ledger, receipts, webhooks):
         document_scopes(module.router)
         app.include_router(module.router)
 

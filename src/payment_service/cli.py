@@ -1,7 +1,7 @@
 """The `payment-service` command line.
 
-Commands: serve, dev, migrate, seed, worker, reconcile, purge-idempotency-keys, sandbox,
-api-keys, outbox.
+Commands: serve, dev, migrate, seed, worker, reconcile, settlement, purge-idempotency-keys,
+sandbox, api-keys, outbox.
 
 Every command turns configuration and connection problems into one line on stderr
 and a non-zero exit code, never a traceback.
@@ -298,13 +298,14 @@ def reconcile() -> None:
     _require_gateway(settings)
     with _database(settings) as url:
         report = _run(_reconcile(settings, url))
-    if report.without_ledger:
-        typer.echo("GATEWAY=simulator keeps no ledger: nothing to compare")
-        return
     for difference in report.differences:
         typer.echo(str(difference))
+    if report.without_ledger:
+        typer.echo("GATEWAY=simulator keeps no ledger: nothing to compare with the processor")
+    else:
+        typer.echo(f"compared {report.compared} payments with the processor")
     typer.echo(
-        f"compared {report.compared} payments with the processor: "
+        f"checked {report.ledger_checked} payments against the ledger: "
         f"{len(report.differences)} differences"
     )
     if report.differences:
@@ -326,6 +327,33 @@ async def _reconcile(settings: Settings, url: URL) -> ReconciliationReport:
     finally:
         await gateway.aclose()
         await engine.dispose()
+
+
+@app.command()
+def settlement(
+    day: Annotated[str, typer.Option("--date", help="The UTC day, YYYY-MM-DD")],
+    out: Annotated[Path | None, typer.Option("--out", help="CSV file (default: stdout)")] = None,
+) -> None:
+    """Write the day's per-driver settlement CSV (gross, commission, tips, refunds,
+    adjustments, net) from the ledger, with a TOTAL row."""
+    from datetime import date
+
+    from payment_service.services.ledger_audit import settlement as settle
+    from payment_service.services.ledger_audit import write_settlement_csv
+
+    try:
+        when = date.fromisoformat(day)
+    except ValueError:
+        raise fail(f"--date must be YYYY-MM-DD, not {day!r}", EXIT_CONFIG) from None
+    settings = _settings()
+    with _database(settings) as url:
+        result = _run(_in_transaction(settings, url, lambda session: settle(session, when)))
+    if out is None:
+        write_settlement_csv(result, sys.stdout)
+    else:
+        with out.open("w", newline="", encoding="utf-8") as handle:
+            write_settlement_csv(result, handle)
+        typer.echo(f"wrote {len(result.rows)} drivers to {out}")
 
 
 @app.command("purge-idempotency-keys")

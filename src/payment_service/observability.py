@@ -159,6 +159,16 @@ HTTP_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 PAYMENTS = Counter(
     "payments", "Charges recorded, by method and resulting status", ["method", "status"]
 )
+# By kind in a counter of its own: a `kind` label on payments_total would change the
+# series dashboards, alerts and clients already read.
+PAYMENTS_BY_KIND = Counter(
+    "payments_by_kind",
+    "Charges recorded, by kind (FARE, TIP, ADJUSTMENT, CANCELLATION_FEE) and resulting status",
+    ["kind", "status"],
+)
+LEDGER_JOURNALS = Counter(
+    "ledger_journals", "Ledger journals posted, by entry type (CAPTURE, REFUND)", ["entry_type"]
+)
 PAYMENT_AMOUNT = Histogram(
     "payment_amount",
     "Charged amounts",
@@ -193,14 +203,19 @@ TRIP_OUTCOMES = ("found", "not_found", "not_completed", "unavailable", "invalid"
 
 def init_metric_series() -> None:
     """Create every labelled series at zero so dashboards and alerts see them at once."""
-    from payment_service.models.enums import PaymentMethod, PaymentStatus
+    from payment_service.models.enums import PaymentKind, PaymentMethod, PaymentStatus
 
+    for kind in PaymentKind:
+        for status in (PaymentStatus.SUCCESS, PaymentStatus.PENDING, PaymentStatus.FAILED):
+            PAYMENTS_BY_KIND.labels(kind=kind.value, status=status.value)
+    for entry_type in ("CAPTURE", "REFUND"):
+        LEDGER_JOURNALS.labels(entry_type=entry_type)
     for method in PaymentMethod:
         for status in (PaymentStatus.SUCCESS, PaymentStatus.PENDING, PaymentStatus.FAILED):
             PAYMENTS.labels(method=method.value, status=status.value)
     for outcome in TRIP_OUTCOMES:
         TRIP_SERVICE_REQUESTS.labels(outcome=outcome)
-    for operation in ("charge", "refund"):
+    for operation in ("charge", "refund", "tip", "adjustment"):
         IDEMPOTENT_REPLAYS.labels(operation=operation)
     for outcome in ("finished", "unavailable"):
         RECONCILER_RUNS.labels(outcome=outcome)

@@ -99,6 +99,12 @@ class Settings(BaseSettings):
     currency: str = Field("INR", min_length=3, max_length=3)
     base_fare: Decimal = Field(Decimal("5.00"), ge=0)
     rate_per_km: Decimal = Field(Decimal("2.50"), ge=0)
+    # Ledger and extra charges (issue 12): the platform's share of fares and fees (none
+    # of tips), and the limits on tips.
+    platform_commission_rate: Decimal = Field(Decimal("0.20"), ge=0, le=1)
+    tip_max_days: int = Field(7, ge=0, le=365)
+    tip_max_amount: Decimal = Field(Decimal("500.00"), gt=0, max_digits=12, decimal_places=2)
+    merchant_name: str = Field("Ride Hailing Payments", min_length=1, max_length=120)
 
     gateway_decline_rate: float = Field(0.0, ge=0, le=1)
     gateway_pending_rate: float = Field(0.0, ge=0, le=1)

@@ -18,6 +18,8 @@ COMMANDS = (
     "seed",
     "worker",
     "purge-idempotency-keys",
+    "settlement",
+    "reconcile",
     "sandbox",
     "api-keys",
     "outbox",

@@ -29,6 +29,8 @@ EXPECTED_TABLES = {
     "gateway_events",
     "api_clients",
     "api_keys",
+    "ledger_journals",
+    "ledger_lines",
 }
 
 

@@ -25,6 +25,8 @@ PAYMENT_FIELDS = SEED_FIELDS | {
     "currency",
     "refunded_amount",
     "updated_at",
+    "kind",
+    "parent_payment_id",
 }
 
 

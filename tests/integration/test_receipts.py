@@ -30,6 +30,8 @@ PAYMENT_FIELDS = (
     "reference",
     "created_at",
     "updated_at",
+    "kind",
+    "parent_payment_id",
 )
 
 

@@ -89,6 +89,10 @@ async def test_ids_from_one_million_are_synthesised_completed_trips(
         "base_fare": 5.0,
         "surge_multiplier": 2.0,
         "total_fare": 123.0,
+        "pickup_zone": "Z03",
+        "drop_zone": "Z00",
+        "started_at": "2026-11-05T10:43:00Z",
+        "ended_at": "2026-11-05T11:50:00Z",
     }
     assert '"total_fare":123.00' in first.text
 

@@ -35,6 +35,8 @@ ERROR_MODULES = (
     "payment_service.services.idempotency",
     "payment_service.services.payments",
     "payment_service.services.refunds",
+    "payment_service.services.tips",
+    "payment_service.services.adjustments",
     "payment_service.clients.trip",
     "payment_service.clients.gateway",
     "payment_service.services.webhooks",

@@ -18,7 +18,7 @@ from starlette.responses import HTMLResponse, Response
 from payment_service.api.payments import PaymentId
 from payment_service.api.routing import MoneyRoute
 from payment_service.auth.guard import RequireRead
-from payment_service.dependencies import SessionDep
+from payment_service.dependencies import SessionDep, SettingsDep
 from payment_service.errors import problem_responses
 from payment_service.jsonutil import MoneyJSONResponse
 from payment_service.schemas.receipt import ReceiptRead
@@ -157,9 +157,12 @@ def render_receipt_html(receipt: dict[str, Any]) -> str:
 async def get_receipt(
     payment_id: PaymentId,
     session: SessionDep,
+    settings: SettingsDep,
     accept: Annotated[str | None, Header(description="`text/html` for the HTML page")] = None,
 ) -> Response:
-    receipt = await receipt_service.get_receipt(session, payment_id)
+    receipt = await receipt_service.get_receipt(
+        session, payment_id, merchant_name=settings.merchant_name
+    )
     if preferred_media_type(accept) == HTML:
         return HTMLResponse(
             render_receipt_html(receipt), headers={"Vary": "Accept", **HTML_HEADERS}
@@ -184,6 +187,10 @@ async def get_receipt(
         **problem_responses(404, 422, 500),
     },
 )
-async def get_receipt_html(payment_id: PaymentId, session: SessionDep) -> HTMLResponse:
-    receipt = await receipt_service.get_receipt(session, payment_id)
+async def get_receipt_html(
+    payment_id: PaymentId, session: SessionDep, settings: SettingsDep
+) -> HTMLResponse:
+    receipt = await receipt_service.get_receipt(
+        session, payment_id, merchant_name=settings.merchant_name
+    )
     return HTMLResponse(render_receipt_html(receipt), headers=HTML_HEADERS)

@@ -56,6 +56,12 @@ class Trip:
     base_fare: Decimal | None
     surge_multiplier: Decimal | None
     total_fare: Decimal | None
+    # Optional (issue 12): a cancelled trip's fee, and what the receipt shows.
+    cancellation_fee: Decimal | None = None
+    pickup_zone: str | None = None
+    drop_zone: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Trip:
@@ -72,7 +78,33 @@ class Trip:
             base_fare=_optional_decimal(data.get("base_fare")),
             surge_multiplier=_optional_decimal(data.get("surge_multiplier")),
             total_fare=_optional_decimal(data.get("total_fare")),
+            cancellation_fee=_optional_decimal(data.get("cancellation_fee")),
+            pickup_zone=_optional_str(data.get("pickup_zone")),
+            drop_zone=_optional_str(data.get("drop_zone")),
+            started_at=_optional_str(data.get("started_at")),
+            ended_at=_optional_str(data.get("ended_at")),
         )
+
+    def snapshot(self) -> dict[str, Any]:
+        """What a payment keeps of its trip (JSON-ready), so receipts need no Trip call."""
+        values = {
+            "trip_id": self.trip_id,
+            "status": self.status,
+            "distance_km": self.distance_km,
+            "base_fare": self.base_fare,
+            "surge_multiplier": self.surge_multiplier,
+            "total_fare": self.total_fare,
+            "cancellation_fee": self.cancellation_fee,
+            "pickup_zone": self.pickup_zone,
+            "drop_zone": self.drop_zone,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+        }
+        return {k: (str(v) if isinstance(v, Decimal) else v) for k, v in values.items()}
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value in (None, "") else str(value)[:120]
 
 
 def _optional_int(value: Any) -> int | None:

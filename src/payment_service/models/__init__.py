@@ -5,11 +5,13 @@ from payment_service.models.base import Base
 from payment_service.models.enums import (
     IdempotencyState,
     OutboxStatus,
+    PaymentKind,
     PaymentMethod,
     PaymentStatus,
     RefundStatus,
 )
 from payment_service.models.idempotency import IdempotencyKey
+from payment_service.models.ledger import LedgerJournal, LedgerLine
 from payment_service.models.outbox import OutboxMessage
 from payment_service.models.payment import (
     Payment,
@@ -25,10 +27,13 @@ __all__ = [
     "Base",
     "IdempotencyKey",
     "IdempotencyState",
+    "LedgerJournal",
+    "LedgerLine",
     "OutboxMessage",
     "OutboxStatus",
     "Payment",
     "PaymentEvent",
+    "PaymentKind",
     "PaymentMethod",
     "PaymentStatus",
     "Receipt",

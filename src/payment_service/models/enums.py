@@ -34,6 +34,15 @@ ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
 REFUNDABLE_STATUSES = frozenset({PaymentStatus.SUCCESS, PaymentStatus.PARTIALLY_REFUNDED})
 
 
+class PaymentKind(StrEnum):
+    """What a payment pays for (migration 0008)."""
+
+    FARE = "FARE"
+    TIP = "TIP"
+    ADJUSTMENT = "ADJUSTMENT"
+    CANCELLATION_FEE = "CANCELLATION_FEE"
+
+
 class RefundStatus(StrEnum):
     PROCESSING = "PROCESSING"  # reserved from what remains; the processor has not confirmed
     SUCCEEDED = "SUCCEEDED"

@@ -35,9 +35,17 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from payment_service.auth.caller import current_actor
 from payment_service.models.base import Base, created_at_column
-from payment_service.models.enums import PaymentMethod, PaymentStatus, RefundStatus, sql_in
+from payment_service.models.enums import (
+    PaymentKind,
+    PaymentMethod,
+    PaymentStatus,
+    RefundStatus,
+    sql_in,
+)
 
 Money = Numeric(12, 2, asdecimal=True)
+LIVE_TRIP_PREDICATE = "status <> 'FAILED' AND kind IN ('FARE', 'CANCELLATION_FEE')"
+TRIP_PAYMENT_KINDS = ("FARE", "CANCELLATION_FEE")  # the kinds a trip has one live of
 
 
 class Payment(Base):
@@ -64,11 +72,21 @@ class Payment(Base):
         ),
         CheckConstraint(f"method IN ({sql_in(PaymentMethod)})", name="method_valid"),
         CheckConstraint(f"status IN ({sql_in(PaymentStatus)})", name="status_valid"),
+        CheckConstraint(f"kind IN ({sql_in(PaymentKind)})", name="kind_valid"),
+        CheckConstraint(
+            "commission_rate >= 0 AND commission_rate <= 1", name="commission_rate_valid"
+        ),
+        CheckConstraint(
+            "(kind IN ('TIP', 'ADJUSTMENT')) = (parent_payment_id IS NOT NULL)",
+            name="parent_matches_kind",
+        ),
+        # One live FARE or CANCELLATION_FEE per trip; tips and adjustments come on top
+        # (migration 0008). `insert_unless_trip_paid` names this predicate exactly.
         Index(
             "uq_payments_live_trip",
             "trip_id",
             unique=True,
-            postgresql_where=text("status <> 'FAILED'"),
+            postgresql_where=text(LIVE_TRIP_PREDICATE),
         ),
         Index("ix_payments_created_at_id", text("created_at DESC"), text("id DESC")),
         Index("ix_payments_trip_id", "trip_id"),
@@ -101,6 +119,19 @@ class Payment(Base):
     metadata_: Mapped[dict[str, Any]] = mapped_column(
         "metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")
     )
+    # FARE, TIP, ADJUSTMENT or CANCELLATION_FEE (migration 0008); tips and adjustments
+    # point at the trip's fare payment.
+    kind: Mapped[str] = mapped_column(String(24), nullable=False, server_default="FARE")
+    parent_payment_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("payments.id"), index=True
+    )
+    # What the charge learned from the Trip service (zones, distance, times, fare parts),
+    # so the receipt needs no Trip call.
+    trip_snapshot: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # The platform's share when it was charged (PLATFORM_COMMISSION_RATE; 0 for tips).
+    commission_rate: Mapped[Decimal] = mapped_column(
+        Numeric(5, 4), nullable=False, server_default="0.2000"
+    )
     created_at: Mapped[datetime] = created_at_column()
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
@@ -114,6 +145,7 @@ class Refund(Base):
     __table_args__ = (
         CheckConstraint("amount > 0", name="amount_positive"),
         CheckConstraint(f"status IN ({sql_in(RefundStatus)})", name="status_valid"),
+        CheckConstraint("kind IN ('REFUND', 'ADJUSTMENT')", name="kind_valid"),
         Index(
             "ix_refunds_processing", "created_at", postgresql_where=text("status = 'PROCESSING'")
         ),
@@ -129,6 +161,8 @@ class Refund(Base):
     gateway_idempotency_key: Mapped[str | None] = mapped_column(String(64), unique=True)
     gateway_reference: Mapped[str | None] = mapped_column(String(64))
     failure_reason: Mapped[str | None] = mapped_column(Text)
+    # REFUND, or ADJUSTMENT when a downward fare adjustment gives money back (0008).
+    kind: Mapped[str] = mapped_column(String(16), nullable=False, server_default="REFUND")
     created_at: Mapped[datetime] = created_at_column()
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()

@@ -23,6 +23,7 @@ from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
+    Numeric,
     String,
     Table,
     bindparam,
@@ -37,7 +38,7 @@ from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from payment_service.models import IdempotencyKey, Payment, PaymentEvent
-from payment_service.models.payment import Money
+from payment_service.models.payment import LIVE_TRIP_PREDICATE, Money
 
 _PAYMENT_COLUMNS = (
     "trip_id",
@@ -49,12 +50,17 @@ _PAYMENT_COLUMNS = (
     "reference",
     "gateway_idempotency_key",
     "metadata",
+    "kind",
+    "commission_rate",
+    "trip_snapshot",
 )
 _TYPES: dict[str, Any] = {
     "trip_id": BigInteger(),
     "rider_id": BigInteger(),
     "driver_id": BigInteger(),
     "metadata": JSONB(),
+    "trip_snapshot": JSONB(),
+    "commission_rate": Numeric(5, 4),
 }
 
 
@@ -68,7 +74,7 @@ def _build() -> Any:
         insert(table)
         .values(values)
         .on_conflict_do_nothing(
-            index_elements=[table.c.trip_id], index_where=text("status <> 'FAILED'")
+            index_elements=[table.c.trip_id], index_where=text(LIVE_TRIP_PREDICATE)
         )
         .returning(*table.c)
         .cte("p")

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from payment_service.models import Payment, PaymentEvent, Receipt, Refund
 from payment_service.models.enums import PaymentStatus, RefundStatus
+from payment_service.models.payment import LIVE_TRIP_PREDICATE, TRIP_PAYMENT_KINDS
 
 UNSETTLED = (PaymentStatus.PROCESSING.value, PaymentStatus.PENDING.value)
 
@@ -76,11 +77,15 @@ class PaymentRepository:
         return result.scalar_one_or_none()
 
     async def find_live_for_trip(self, trip_id: int) -> tuple[int, str] | None:
-        """(id, status) of the trip's live (not FAILED) payment, if any."""
+        """(id, status) of the trip's live (not FAILED) fare or fee payment, if any."""
         row = (
             await self.session.execute(
                 select(Payment.id, Payment.status)
-                .where(Payment.trip_id == trip_id, Payment.status != PaymentStatus.FAILED.value)
+                .where(
+                    Payment.trip_id == trip_id,
+                    Payment.status != PaymentStatus.FAILED.value,
+                    Payment.kind.in_(TRIP_PAYMENT_KINDS),
+                )
                 .limit(1)
             )
         ).one_or_none()
@@ -95,7 +100,7 @@ class PaymentRepository:
             insert(Payment)
             .values(**values)
             .on_conflict_do_nothing(
-                index_elements=[Payment.trip_id], index_where=text("status <> 'FAILED'")
+                index_elements=[Payment.trip_id], index_where=text(LIVE_TRIP_PREDICATE)
             )
             .returning(Payment)
         )
@@ -155,7 +160,13 @@ class PaymentRepository:
         return (await self.session.execute(statement)).scalar_one_or_none()
 
     async def reserve_refund(
-        self, payment_id: int, *, amount: Decimal, reason: str | None, gateway_key: str
+        self,
+        payment_id: int,
+        *,
+        amount: Decimal,
+        reason: str | None,
+        gateway_key: str,
+        kind: str = "REFUND",
     ) -> Refund:
         """A PROCESSING refund and its reservation on the payment (row locked by the caller).
 
@@ -170,6 +181,7 @@ class PaymentRepository:
                     reason=reason,
                     status=RefundStatus.PROCESSING.value,
                     gateway_idempotency_key=gateway_key,
+                    kind=kind,
                 )
                 .returning(Refund)
             )

@@ -16,6 +16,7 @@ and written as JSON numbers with their exact digits.
 import csv
 from collections import Counter
 from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from http import HTTPStatus
 from pathlib import Path
@@ -39,11 +40,14 @@ TRIP_COLUMNS = (
     "surge_multiplier",
     "total_fare",
 )
+# Optional columns (issue 12): served when set, read from a trips CSV when present.
+OPTIONAL_COLUMNS = ("cancellation_fee", "pickup_zone", "drop_zone", "started_at", "ended_at")
 SYNTHETIC_TRIPS_FROM = 1_000_000
 SYNTHETIC_BASE_FARE = Decimal("5.00")
 SYNTHETIC_RATE_PER_KM = Decimal("2.50")
 SYNTHETIC_SURGES = (Decimal("1.0"), Decimal("1.2"), Decimal("1.5"), Decimal("2.0"))
 _CENT = Decimal("0.01")
+SYNTHETIC_EPOCH = datetime(2026, 11, 1, tzinfo=UTC)
 
 
 class TripFields(BaseModel):
@@ -58,6 +62,13 @@ class TripFields(BaseModel):
     base_fare: Decimal | None = Field(None, ge=0)
     surge_multiplier: Decimal | None = Field(None, ge=0)
     total_fare: Decimal | None = Field(None, ge=0)
+    cancellation_fee: Decimal | None = Field(
+        None, ge=0, description="Charged when a CANCELLED trip has one > 0"
+    )
+    pickup_zone: str | None = Field(None, max_length=64)
+    drop_zone: str | None = Field(None, max_length=64)
+    started_at: str | None = Field(None, max_length=40, description="ISO 8601 UTC")
+    ended_at: str | None = Field(None, max_length=40, description="ISO 8601 UTC")
 
 
 class Trip(TripFields):
@@ -67,7 +78,9 @@ class Trip(TripFields):
 
     def to_json(self) -> dict[str, Any]:
         """The wire form, in the Trip service's field order, Decimals kept for exact rendering."""
-        return {column: getattr(self, column) for column in TRIP_COLUMNS}
+        body = {column: getattr(self, column) for column in TRIP_COLUMNS}
+        body.update({c: getattr(self, c) for c in OPTIONAL_COLUMNS if getattr(self, c) is not None})
+        return body
 
 
 class TripPut(TripFields):
@@ -90,11 +103,15 @@ def synthetic_trip(trip_id: int) -> Trip:
         base_fare        = 5.00
         surge_multiplier = (1.0, 1.2, 1.5, 2.0)[trip_id % 4]
         total_fare       = (5.00 + distance_km * 2.50) * surge_multiplier, half-up to cents
-    i.e. the Payment Service's own fallback formula, so both fare paths agree.
+    i.e. the Payment Service's own fallback formula, so both fare paths agree; and
+        pickup_zone      = Z<trip_id % 40>,  drop_zone = Z<(trip_id // 40) % 40>
+        started_at       = 2026-11-01T00:00Z + (trip_id % 43200) minutes
+        ended_at         = started_at + 3 minutes per km
     """
     distance = Decimal(10 + trip_id % 391) / 10
     surge = SYNTHETIC_SURGES[trip_id % len(SYNTHETIC_SURGES)]
     fare = (SYNTHETIC_BASE_FARE + distance * SYNTHETIC_RATE_PER_KM) * surge
+    started = SYNTHETIC_EPOCH + timedelta(minutes=trip_id % 43200)
     return Trip(
         trip_id=trip_id,
         rider_id=1 + trip_id % 500,
@@ -104,7 +121,15 @@ def synthetic_trip(trip_id: int) -> Trip:
         base_fare=SYNTHETIC_BASE_FARE,
         surge_multiplier=surge,
         total_fare=fare.quantize(_CENT, rounding=ROUND_HALF_UP),
+        pickup_zone=f"Z{trip_id % 40:02d}",
+        drop_zone=f"Z{(trip_id // 40) % 40:02d}",
+        started_at=_iso(started),
+        ended_at=_iso(started + timedelta(minutes=int(distance * 3))),
     )
+
+
+def _iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def load_trips_csv(path: Path) -> list[Trip]:
@@ -119,7 +144,8 @@ def load_trips_csv(path: Path) -> list[Trip]:
             seen: set[int] = set()
             for row in reader:
                 line = reader.line_num
-                cells = {column: (row[column] or "").strip() or None for column in TRIP_COLUMNS}
+                present = TRIP_COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if c in row)
+                cells = {column: (row[column] or "").strip() or None for column in present}
                 try:
                     trip = Trip.model_validate(cells)
                 except ValidationError as exc:

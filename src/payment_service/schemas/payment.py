@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from payment_service.models import Payment
-from payment_service.models.enums import PaymentMethod, PaymentStatus
+from payment_service.models.enums import PaymentKind, PaymentMethod, PaymentStatus
 from payment_service.schemas.common import (
     METADATA_MAX_KEY_LENGTH,
     METADATA_MAX_KEYS,
@@ -35,6 +35,12 @@ class PaymentRead(BaseModel):
     reference: str
     created_at: datetime
     updated_at: datetime
+    kind: PaymentKind = Field(
+        PaymentKind.FARE, description="FARE, TIP, ADJUSTMENT or CANCELLATION_FEE"
+    )
+    parent_payment_id: int | None = Field(
+        None, description="The fare payment a TIP or ADJUSTMENT adds to"
+    )
 
 
 def payment_dict(payment: Payment) -> dict[str, Any]:
@@ -52,6 +58,8 @@ def payment_dict(payment: Payment) -> dict[str, Any]:
         "reference": payment.reference,
         "created_at": payment.created_at,
         "updated_at": payment.updated_at,
+        "kind": payment.kind or PaymentKind.FARE.value,
+        "parent_payment_id": payment.parent_payment_id,
     }
 
 

@@ -40,12 +40,12 @@ from payment_service.clients.trip import Trip, TripClient
 from payment_service.db import SessionFactory
 from payment_service.errors import ConflictError, UnprocessableError
 from payment_service.models import Payment
-from payment_service.models.enums import PaymentMethod, PaymentStatus
+from payment_service.models.enums import PaymentKind, PaymentMethod, PaymentStatus
 from payment_service.observability import TRIP_SERVICE_REQUESTS
 from payment_service.repositories.charge_start import start_charge
 from payment_service.repositories.payment import PaymentRepository
 from payment_service.schemas.payment import ChargeRequest
-from payment_service.services.fares import FareUnavailableError, compute_fare
+from payment_service.services.fares import CENT, FareUnavailableError, compute_fare
 from payment_service.services.idempotency import (
     DEFAULT_CLIENT,
     Claim,
@@ -158,12 +158,17 @@ class ChargeService:
     async def _create_payment(self, request: ChargeRequest, claim: Claim) -> Payment:
         """Trip lookup (no transaction), then tx 2: the PROCESSING row, bound to the key."""
         trip = await self._completed_trip(request)
-        try:
-            amount = compute_fare(
-                trip, base_fare=self.settings.base_fare, rate_per_km=self.settings.rate_per_km
-            )
-        except FareUnavailableError as exc:
-            raise UnprocessableError(f"Cannot price the trip: {exc}.") from None
+        if trip.status == "CANCELLED":  # _completed_trip let it through: it has a fee
+            assert trip.cancellation_fee is not None
+            amount, kind = trip.cancellation_fee.quantize(CENT), PaymentKind.CANCELLATION_FEE
+        else:
+            try:
+                amount = compute_fare(
+                    trip, base_fare=self.settings.base_fare, rate_per_km=self.settings.rate_per_km
+                )
+            except FareUnavailableError as exc:
+                raise UnprocessableError(f"Cannot price the trip: {exc}.") from None
+            kind = PaymentKind.FARE
         async with self.session_factory() as session, session.begin():
             # One statement: the payment, its CHARGE_STARTED event, the key bound to it.
             started = await start_charge(
@@ -171,7 +176,7 @@ class ChargeService:
                 key_id=claim.key_id,
                 token=claim.token,
                 event_type="CHARGE_STARTED",
-                event_data={"gateway": self.gateway.name},
+                event_data={"gateway": self.gateway.name, "kind": kind.value},
                 actor=current_actor(),
                 amount=amount,
                 metadata=request.metadata or {},
@@ -183,6 +188,9 @@ class ChargeService:
                 status=PaymentStatus.PROCESSING.value,
                 reference=new_reference(),
                 gateway_idempotency_key=new_gateway_key(),
+                kind=kind.value,
+                commission_rate=self.settings.platform_commission_rate,
+                trip_snapshot=trip.snapshot(),
             )
             if started is None:  # another live payment for the trip won the race
                 live = await PaymentRepository(session).find_live_for_trip(trip.trip_id)
@@ -227,7 +235,12 @@ class ChargeService:
         trip = await self.trip_client.get_trip(request.trip_id)
         if trip is None:
             raise TripNotFoundError(f"Trip {request.trip_id} not found by the Trip service.")
-        if trip.status != "COMPLETED":
+        chargeable_fee = (
+            trip.status == "CANCELLED"
+            and trip.cancellation_fee is not None
+            and trip.cancellation_fee > 0
+        )
+        if trip.status != "COMPLETED" and not chargeable_fee:
             TRIP_SERVICE_REQUESTS.labels(outcome="not_completed").inc()
             raise TripNotCompletedError(
                 f"Trip {trip.trip_id} is not completed (status {trip.status}); not chargeable."

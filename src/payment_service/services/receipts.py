@@ -13,17 +13,20 @@ payment gets one too, with `charged: false` so nobody reads it as proof of payme
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from payment_service.models import Payment
+from payment_service.models import Payment, PaymentEvent
 from payment_service.models.enums import PaymentStatus
 from payment_service.repositories.payment import PaymentRepository
 from payment_service.schemas.payment import payment_dict
 from payment_service.services.payments import PaymentNotFoundError
 
 RECEIPT_ID_PREFIX = "RCP-"
+CENT = Decimal("0.01")
 
 # Statuses under which money was actually collected from the rider.
 CHARGED_STATUSES = frozenset(
@@ -37,7 +40,11 @@ def receipt_number_for(payment: Payment) -> str:
 
 
 async def get_receipt(
-    session: AsyncSession, payment_id: int, *, now: datetime | None = None
+    session: AsyncSession,
+    payment_id: int,
+    *,
+    now: datetime | None = None,
+    merchant_name: str | None = None,
 ) -> dict[str, Any]:
     """The receipt of a payment as a dict (Decimals exact, datetimes aware), issuing it once.
 
@@ -66,4 +73,105 @@ async def get_receipt(
         "charged": payment.status in CHARGED_STATUSES,
         "issued_at": receipt.issued_at,
         "generated_at": now or datetime.now(UTC),
+        **await _ride_details(session, payment, merchant_name),
+    }
+
+
+async def _ride_details(
+    session: AsyncSession, payment: Payment, merchant_name: str | None
+) -> dict[str, Any]:
+    """What a rider keeps (issue 12): the merchant, the trip as the charge saw it, the fare
+    breakdown, and the fare payment's tips and adjustments (none for other kinds)."""
+    snapshot = payment.trip_snapshot or {}
+    tips: list[dict[str, Any]] = []
+    adjustments: list[dict[str, Any]] = []
+    if (payment.kind or "FARE") == "FARE":
+        children = await session.execute(
+            select(Payment).where(Payment.parent_payment_id == payment.id).order_by(Payment.id)
+        )
+        for child in children.scalars():
+            if child.kind == "TIP":
+                tips.append(
+                    {
+                        "payment_id": child.id,
+                        "amount": child.amount,
+                        "status": child.status,
+                        "refunded_amount": child.refunded_amount,
+                        "created_at": child.created_at,
+                    }
+                )
+        events = await session.execute(
+            select(PaymentEvent)
+            .where(
+                PaymentEvent.payment_id == payment.id, PaymentEvent.event_type == "FARE_ADJUSTED"
+            )
+            .order_by(PaymentEvent.id)
+        )
+        statuses = {
+            row.id: row.status
+            for row in (
+                await session.execute(
+                    select(Payment.id, Payment.status).where(
+                        Payment.parent_payment_id == payment.id
+                    )
+                )
+            ).all()
+        }
+        for event in events.scalars():
+            data = event.data or {}
+            child_id = data.get("adjustment_payment_id")
+            adjustments.append(
+                {
+                    "old_fare": Decimal(data["old_fare"]),
+                    "new_fare": Decimal(data["new_fare"]),
+                    "reason": data.get("reason"),
+                    "adjustment_payment_id": child_id,
+                    "refund_id": data.get("refund_id"),
+                    "status": statuses.get(child_id) if child_id else None,
+                    "created_at": event.created_at,
+                }
+            )
+    charged_tips = sum(
+        (t["amount"] - t["refunded_amount"] for t in tips if t["status"] in CHARGED_STATUSES),
+        Decimal("0.00"),
+    )
+    trip = {
+        key: snapshot.get(key)
+        for key in ("pickup_zone", "drop_zone", "distance_km", "started_at", "ended_at")
+    }
+    trip["distance_km"] = _decimal(trip["distance_km"])
+    return {
+        "merchant_name": merchant_name,
+        "trip": trip if snapshot else None,
+        "fare_breakdown": fare_breakdown(snapshot, payment),
+        "tips": tips,
+        "adjustments": adjustments,
+        "tips_total": charged_tips,
+    }
+
+
+def _decimal(value: Any) -> Decimal | None:
+    return None if value in (None, "") else Decimal(str(value))
+
+
+def fare_breakdown(snapshot: dict[str, Any], payment: Payment) -> dict[str, Any] | None:
+    """Base, distance and surge parts of the charged fare (they add up to it, to the cent).
+
+    distance = fare / surge - base, surge = the rest; None when the trip said too little.
+    """
+    if (payment.kind or "FARE") == "CANCELLATION_FEE":
+        return {"cancellation_fee": payment.amount, "total": payment.amount}
+    base = _decimal(snapshot.get("base_fare"))
+    surge = _decimal(snapshot.get("surge_multiplier")) or Decimal("1")
+    if base is None or surge <= 0 or (payment.kind or "FARE") != "FARE":
+        return None
+    total = payment.amount
+    before_surge = (total / surge).quantize(CENT, rounding=ROUND_HALF_UP)
+    distance = max(before_surge - base, Decimal("0.00"))
+    return {
+        "base": base.quantize(CENT),
+        "distance": distance,
+        "surge": total - base.quantize(CENT) - distance,
+        "surge_multiplier": surge,
+        "total": total,
     }

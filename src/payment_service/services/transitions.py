@@ -26,6 +26,7 @@ from payment_service.models.enums import PaymentStatus, RefundStatus
 from payment_service.observability import (
     PAYMENT_AMOUNT,
     PAYMENTS,
+    PAYMENTS_BY_KIND,
     REFUND_AMOUNT,
     REFUNDS,
     current_request_id,
@@ -34,6 +35,7 @@ from payment_service.repositories.idempotency import IdempotencyRepository
 from payment_service.repositories.outbox import OutboxRepository
 from payment_service.repositories.payment import PaymentRepository
 from payment_service.schemas.payment import payment_dict
+from payment_service.services.ledger import post_capture, post_refund
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,19 @@ CHARGE_STATUS_CODES = {
     PaymentStatus.SUCCESS.value: 201,
     PaymentStatus.PENDING.value: 202,
     PaymentStatus.FAILED.value: 202,
+}
+# The idempotency operation and the outbox message type of each kind of payment.
+KIND_OPERATIONS = {
+    "FARE": "charge",
+    "CANCELLATION_FEE": "charge",
+    "TIP": "tip",
+    "ADJUSTMENT": "adjustment",
+}
+KIND_MESSAGE_TYPES = {
+    "FARE": "payment",
+    "CANCELLATION_FEE": "cancellation_fee",
+    "TIP": "tip",
+    "ADJUSTMENT": "adjustment",
 }
 # Where each outcome may come from (the database trigger enforces the same).
 _CHARGE_SOURCES = {
@@ -109,16 +124,20 @@ async def finish_charge(
         },
         actor=_actor(source),
     )
-    await OutboxRepository(session).enqueue("payment", payment_id, payment_message(moved))
+    if target == PaymentStatus.SUCCESS.value:
+        await post_capture(session, moved)  # the journal commits with the capture
+    message = payment_message(moved)
+    await OutboxRepository(session).enqueue(message["type"], payment_id, message)
     answer = charge_answer(moved, result.message)
     await IdempotencyRepository(session).complete_bound(
-        operation="charge",
+        operation=KIND_OPERATIONS.get(moved.kind, "charge"),
         status=answer.status_code,
         body=answer.body.decode("utf-8"),
         payment_id=payment_id,
         refund_id=None,
     )
     PAYMENTS.labels(method=moved.method, status=target).inc()
+    PAYMENTS_BY_KIND.labels(kind=moved.kind, status=target).inc()
     if target == PaymentStatus.SUCCESS.value:
         PAYMENT_AMOUNT.observe(float(moved.amount))
     log.info(
@@ -134,9 +153,11 @@ def _actor(source: str) -> str | None:
 
 
 def payment_message(payment: Payment) -> dict[str, Any]:
-    """What the Notification service is told about a charge."""
+    """What the Notification service is told about a charge (a tip, adjustment, fee...)."""
     return {
-        "type": "payment",
+        "type": KIND_MESSAGE_TYPES.get(payment.kind, "payment"),
+        "kind": payment.kind,
+        "parent_payment_id": payment.parent_payment_id,
         "event": f"payment.{payment.status.lower()}",
         "payment_id": payment.id,
         "trip_id": payment.trip_id,
@@ -219,6 +240,8 @@ async def finish_refund(
     previous = payment.status
     succeeded = result.status is RefundStatus.SUCCEEDED
     payment = await repo.settle_reservation(payment.id, finished.amount, refunded=succeeded)
+    if succeeded:
+        await post_refund(session, payment, finished)  # the journal commits with the refund
     await repo.append_event(
         payment.id,
         "REFUND" if succeeded else "REFUND_FAILED",
@@ -233,10 +256,11 @@ async def finish_refund(
             "source": source,
         },
     )
-    await OutboxRepository(session).enqueue("refund", payment.id, refund_message(payment, finished))
+    message = refund_message(payment, finished)
+    await OutboxRepository(session).enqueue(message["type"], payment.id, message)
     answer = refund_answer(payment, finished)
     await IdempotencyRepository(session).complete_bound(
-        operation="refund",
+        operation="adjustment" if finished.kind == "ADJUSTMENT" else "refund",
         status=answer.status_code,
         body=answer.body.decode("utf-8"),
         payment_id=payment.id,
@@ -255,7 +279,7 @@ async def finish_refund(
 def refund_message(payment: Payment, refund: Refund) -> dict[str, Any]:
     """What the Notification service is told about a refund (with the payment's new state)."""
     return {
-        "type": "refund",
+        "type": "adjustment" if refund.kind == "ADJUSTMENT" else "refund",
         "event": (
             f"payment.{payment.status.lower()}"
             if refund.status == RefundStatus.SUCCEEDED.value
