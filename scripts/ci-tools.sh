@@ -45,8 +45,8 @@ fi
 for tool in kubectl promtool hadolint; do
   path=$(command -v "$tool" 2>/dev/null || echo "$BIN/$tool")
   case $tool in
-    kubectl) version=$("$path" version --client 2>/dev/null | head -n 1) ;;
-    *) version=$("$path" --version 2>&1 | head -n 1) ;;
+    kubectl) version=$("$path" version --client 2>/dev/null | sed -n 1p) ;;
+    *) version=$("$path" --version 2>&1 | sed -n 1p) ;;
   esac
   say "$tool: $path ($version)"
 done

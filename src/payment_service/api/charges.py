@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header
 from starlette.responses import Response
 
-from payment_service.api.routing import MoneyRoute
+from payment_service.api.routing import MoneyRoute, idempotent_response
 from payment_service.auth.guard import RequireCharge
 from payment_service.dependencies import (
     CallerDep,
@@ -20,7 +20,7 @@ from payment_service.errors import problem_responses
 from payment_service.schemas.common import IdempotencyKeyHeader
 from payment_service.schemas.payment import ChargeRequest, ChargeResponse
 from payment_service.services.charge import ChargeService
-from payment_service.services.idempotency import REPLAY_HEADER, resolve_key
+from payment_service.services.idempotency import resolve_key
 
 router = APIRouter(
     prefix="/v1/payments", tags=["payments"], route_class=MoneyRoute, dependencies=[RequireCharge]
@@ -61,10 +61,4 @@ async def charge(
         client_id=caller.client_id,
     )
     outcome = await service.charge(body, key)
-    headers = {REPLAY_HEADER: "true"} if outcome.replayed else None
-    return Response(
-        outcome.body,
-        status_code=outcome.status_code,
-        media_type="application/json",
-        headers=headers,
-    )
+    return idempotent_response(outcome)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header
 from starlette.responses import Response
 
 from payment_service.api.payments import PaymentId
-from payment_service.api.routing import MoneyRoute
+from payment_service.api.routing import MoneyRoute, idempotent_response
 from payment_service.auth.guard import RequireRead, RequireRefund
 from payment_service.dependencies import (
     CallerDep,
@@ -22,7 +22,7 @@ from payment_service.jsonutil import MoneyJSONResponse
 from payment_service.schemas.common import IdempotencyKeyHeader
 from payment_service.schemas.refund import RefundList, RefundRequest, RefundResponse
 from payment_service.services import refunds as refund_service
-from payment_service.services.idempotency import REPLAY_HEADER, resolve_key
+from payment_service.services.idempotency import resolve_key
 from payment_service.services.transitions import remaining_refundable
 
 router = APIRouter(prefix="/v1/payments", tags=["refunds"], route_class=MoneyRoute)
@@ -64,13 +64,7 @@ async def refund(
         client_id=caller.client_id,
     )
     outcome = await service.refund(payment_id, body, key)
-    headers = {REPLAY_HEADER: "true"} if outcome.replayed else None
-    return Response(
-        outcome.body,
-        status_code=outcome.status_code,
-        media_type="application/json",
-        headers=headers,
-    )
+    return idempotent_response(outcome)
 
 
 @router.get(

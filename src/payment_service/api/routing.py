@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Coroutine
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
@@ -29,3 +29,27 @@ class MoneyRoute(APIRoute):
             return await handler(_DecimalJSONRequest(request.scope, request.receive))
 
         return decimal_handler
+
+
+class IdempotentOutcome(Protocol):
+    """What the charge, refund, tip and adjustment services answer with."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def body(self) -> bytes: ...
+
+    @property
+    def replayed(self) -> bool: ...
+
+
+def idempotent_response(outcome: IdempotentOutcome) -> Response:
+    """The stored (or just recorded) answer, marked `Idempotent-Replayed` on a replay."""
+    headers = {"Idempotent-Replayed": "true"} if outcome.replayed else None
+    return Response(
+        outcome.body,
+        status_code=outcome.status_code,
+        media_type="application/json",
+        headers=headers,
+    )

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header
 from starlette.responses import Response
 
 from payment_service.api.payments import PaymentId
-from payment_service.api.routing import MoneyRoute
+from payment_service.api.routing import MoneyRoute, idempotent_response
 from payment_service.auth.guard import RequireCharge
 from payment_service.dependencies import CallerDep, GatewayDep, SessionFactoryDep, SettingsDep
 from payment_service.errors import problem_responses
@@ -17,21 +17,10 @@ from payment_service.schemas.ledger import AdjustmentRequest, TipRequest
 from payment_service.schemas.payment import ChargeResponse
 from payment_service.schemas.refund import RefundResponse
 from payment_service.services.adjustments import AdjustmentService
-from payment_service.services.charge import ChargeOutcome
-from payment_service.services.idempotency import REPLAY_HEADER, resolve_key
+from payment_service.services.idempotency import resolve_key
 from payment_service.services.tips import TipService
 
 router = APIRouter(prefix="/v1/payments", tags=["payments"], route_class=MoneyRoute)
-
-
-def _answer(outcome: ChargeOutcome) -> Response:
-    headers = {REPLAY_HEADER: "true"} if outcome.replayed else None
-    return Response(
-        outcome.body,
-        status_code=outcome.status_code,
-        media_type="application/json",
-        headers=headers,
-    )
 
 
 @router.post(
@@ -69,7 +58,7 @@ async def tip(
         gateway=gateway,
         client_id=caller.client_id,
     )
-    return _answer(await service.tip(payment_id, body.amount, key))
+    return idempotent_response(await service.tip(payment_id, body.amount, key))
 
 
 @router.post(
@@ -109,4 +98,4 @@ async def adjust(
         gateway=gateway,
         client_id=caller.client_id,
     )
-    return _answer(await service.adjust(payment_id, body.new_fare, body.reason, key))
+    return idempotent_response(await service.adjust(payment_id, body.new_fare, body.reason, key))
