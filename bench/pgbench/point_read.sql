@@ -10,6 +10,6 @@
 
 \set id random(:min_id, :max_id)
 
-SELECT payments.id, payments.trip_id, payments.rider_id, payments.driver_id, payments.amount, payments.currency, payments.method, payments.status, payments.refunded_amount, payments.refund_reserved, payments.reference, payments.gateway_reference, payments.gateway_idempotency_key, payments.failure_reason, payments.metadata, payments.created_at, payments.updated_at
+SELECT payments.id, payments.trip_id, payments.rider_id, payments.driver_id, payments.amount, payments.currency, payments.method, payments.status, payments.refunded_amount, payments.refund_reserved, payments.reference, payments.gateway_reference, payments.gateway_idempotency_key, payments.failure_reason, payments.metadata, payments.kind, payments.parent_payment_id, payments.trip_snapshot, payments.commission_rate, payments.created_at, payments.updated_at
 	FROM payments
 	WHERE payments.id = :id::BIGINT;
