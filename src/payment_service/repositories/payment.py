@@ -66,6 +66,13 @@ class PaymentRepository:
         result = await self.session.execute(_BY_ID, {"payment_id": payment_id})
         return result.scalar_one_or_none()
 
+    async def get_many(self, payment_ids: set[int]) -> dict[int, Payment]:
+        """Payments by id, in one query."""
+        if not payment_ids:
+            return {}
+        rows = await self.session.execute(select(Payment).where(Payment.id.in_(payment_ids)))
+        return {payment.id: payment for payment in rows.scalars()}
+
     async def get_for_update(self, payment_id: int) -> Payment | None:
         """Row-lock the payment until the transaction ends (serialises refunds)."""
         result = await self.session.execute(

@@ -210,7 +210,7 @@ class ChargeService:
             assert payment is not None  # bound keys reference payments (FK)
         if payment.status == PaymentStatus.PROCESSING.value:
             try:
-                result = await self._ask_processor(payment)
+                result = await ask_processor(self.gateway, payment)
             except GatewayUnavailableError:
                 await self.idempotency.end_lease(self.session_factory, claim)
                 raise
@@ -224,12 +224,6 @@ class ChargeService:
                     session, status_code=answer.status_code, body=answer.body, payment_id=payment.id
                 )
         return ChargeOutcome(answer.status_code, answer.body, replayed=False)
-
-    async def _ask_processor(self, payment: Payment) -> ChargeResult:
-        if payment.method == PaymentMethod.CASH.value:
-            # The driver collected it: no processor moves this money.
-            return ChargeResult(PaymentStatus.SUCCESS, None, "Cash payment recorded")
-        return await self.gateway.charge(charge_attempt(payment))
 
     async def _completed_trip(self, request: ChargeRequest) -> Trip:
         trip = await self.trip_client.get_trip(request.trip_id)
@@ -269,6 +263,18 @@ async def _ensure_unpaid(session: AsyncSession, trip_id: int) -> None:
     live = await PaymentRepository(session).find_live_for_trip(trip_id)
     if live is not None:
         raise TripAlreadyPaidError(trip_id, *live)
+
+
+async def ask_processor(
+    gateway: PaymentGateway, payment: Payment, *, lookup: bool = False
+) -> ChargeResult:
+    """The processor's answer for a PROCESSING/PENDING payment: the request and a same-key
+    retry charge (idempotently), the reconciler looks up. Cash never goes to a processor:
+    the driver collected it."""
+    if payment.method == PaymentMethod.CASH.value:
+        return ChargeResult(PaymentStatus.SUCCESS, None, "Cash payment recorded")
+    attempt = charge_attempt(payment)
+    return await (gateway.lookup_charge(attempt) if lookup else gateway.charge(attempt))
 
 
 def charge_attempt(payment: Payment) -> ChargeAttempt:

@@ -170,7 +170,7 @@ class RefundService:
             assert payment is not None
         if refund.status == RefundStatus.PROCESSING.value:
             try:
-                result = await self._ask_processor(payment, refund)
+                result = await ask_processor_to_refund(self.gateway, payment, refund)
             except GatewayUnavailableError:
                 await self.idempotency.end_lease(self.session_factory, claim)
                 raise
@@ -187,14 +187,6 @@ class RefundService:
                 await self._store(session, answer, payment.id, refund_id)
         return RefundOutcome(answer.status_code, answer.body, replayed=False)
 
-    async def _ask_processor(self, payment: Payment, refund: Refund) -> RefundResult:
-        if not held_by_processor(payment):
-            # Cash, or history imported by `seed`: no processor holds this money, so none
-            # can give it back. The refund is recorded (event `settlement: manual`) and
-            # paid out by hand, as the old service did.
-            return RefundResult(RefundStatus.SUCCEEDED, None)
-        return await self.gateway.refund(refund_attempt(payment, refund))
-
     async def _store(
         self, session: AsyncSession, answer: Answer, payment_id: int, refund_id: int
     ) -> None:
@@ -205,6 +197,20 @@ class RefundService:
             payment_id=payment_id,
             refund_id=refund_id,
         )
+
+
+async def ask_processor_to_refund(
+    gateway: PaymentGateway, payment: Payment, refund: Refund, *, lookup: bool = False
+) -> RefundResult:
+    """The processor's answer for a PROCESSING refund (the reconciler looks up).
+
+    Cash, or history imported by `seed`: no processor holds this money, so none can give
+    it back. The refund is recorded (event `settlement: manual`) and paid out by hand.
+    """
+    if not held_by_processor(payment):
+        return RefundResult(RefundStatus.SUCCEEDED, None)
+    attempt = refund_attempt(payment, refund)
+    return await (gateway.lookup_refund(attempt) if lookup else gateway.refund(attempt))
 
 
 def held_by_processor(payment: Payment) -> bool:

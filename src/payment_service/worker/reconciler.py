@@ -19,17 +19,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from payment_service.clients.gateway import (
-    ChargeResult,
     GatewayUnavailableError,
     PaymentGateway,
-    RefundResult,
 )
 from payment_service.db import SessionFactory
-from payment_service.models.enums import PaymentMethod, PaymentStatus, RefundStatus
 from payment_service.observability import RECONCILER_RUNS
 from payment_service.repositories.payment import PaymentRepository
-from payment_service.services.charge import charge_attempt
-from payment_service.services.refunds import held_by_processor, refund_attempt
+from payment_service.services.charge import ask_processor
+from payment_service.services.refunds import ask_processor_to_refund
 from payment_service.services.transitions import finish_charge, finish_refund
 from payment_service.settings import Settings
 
@@ -59,16 +56,12 @@ class Reconciler:
             repo = PaymentRepository(session)
             payments = await repo.unsettled_payments(older_than=after, limit=limit)
             refunds = await repo.unsettled_refunds(older_than=after, limit=limit)
+            owners = await repo.get_many({refund.payment_id for refund in refunds})
         examined = finished = unavailable = 0
         for payment in payments:
             examined += 1
             try:
-                if payment.method == PaymentMethod.CASH.value:
-                    result = ChargeResult(PaymentStatus.SUCCESS, None, "Cash payment recorded")
-                elif payment.gateway_idempotency_key is None:
-                    continue  # a seeded PENDING row: the processor never saw it
-                else:
-                    result = await self.gateway.lookup_charge(charge_attempt(payment))
+                result = await ask_processor(self.gateway, payment, lookup=True)
             except GatewayUnavailableError as exc:
                 unavailable += 1
                 log.warning(
@@ -81,14 +74,9 @@ class Reconciler:
             finished += moved
         for refund in refunds:
             examined += 1
-            async with self.session_factory() as session:
-                owner = await PaymentRepository(session).get(refund.payment_id)
-            assert owner is not None
             try:
-                refund_result = (
-                    await self.gateway.lookup_refund(refund_attempt(owner, refund))
-                    if held_by_processor(owner)
-                    else RefundResult(RefundStatus.SUCCEEDED, None)  # settled by hand
+                refund_result = await ask_processor_to_refund(
+                    self.gateway, owners[refund.payment_id], refund, lookup=True
                 )
             except GatewayUnavailableError as exc:
                 unavailable += 1
