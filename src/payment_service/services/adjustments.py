@@ -43,14 +43,13 @@ from payment_service.services.idempotency import (
     StoredResponse,
     fingerprint,
 )
-from payment_service.services.payments import PaymentNotFoundError
 from payment_service.services.refunds import RefundService
 from payment_service.services.refunds import new_gateway_key as new_refund_key
 from payment_service.services.tips import (
-    TIPPABLE_STATUSES,
     ExtraChargeService,
     check_amount,
     insert_child_payment,
+    lock_paid_fare,
 )
 from payment_service.services.transitions import remaining_refundable
 from payment_service.settings import Settings
@@ -142,15 +141,9 @@ class AdjustmentService(ExtraChargeService):
     ) -> Payment | Refund:
         async with self.session_factory() as session, session.begin():
             repo = PaymentRepository(session)
-            fare = await repo.get_for_update(payment_id)
-            if fare is None:
-                raise PaymentNotFoundError(payment_id)
-            if fare.kind != PaymentKind.FARE.value or fare.status not in TIPPABLE_STATUSES:
-                raise PaymentNotAdjustableError(
-                    f"Payment {payment_id} is a {fare.kind} in {fare.status}; only a fare "
-                    "payment in SUCCESS or PARTIALLY_REFUNDED can be adjusted.",
-                    payment_status=fare.status,
-                )
+            fare = await lock_paid_fare(
+                repo, payment_id, PaymentNotAdjustableError, "can be adjusted"
+            )
             old_fare = await current_fare(session, fare)
             if new_fare == old_fare:
                 raise AdjustmentRefusedError(

@@ -123,15 +123,17 @@ class RefundService:
         if claimed.refund_id is not None:
             return await self._resume(claimed, claimed.refund_id, source="retry")
         try:
-            refund = await self._reserve(payment_id, request, claimed)
+            payment, refund = await self._reserve(payment_id, request, claimed)
         except BaseException:
             # Nothing was recorded (tx 2 rolled back): the key may be reused.
             await self.idempotency.release(self.session_factory, claimed)
             raise
         # From here on the key stays bound to the refund, whatever happens.
-        return await self._resume(claimed, refund.id, source="request")
+        return await self._resume(claimed, refund.id, source="request", loaded=(payment, refund))
 
-    async def _reserve(self, payment_id: int, request: RefundRequest, claim: Claim) -> Refund:
+    async def _reserve(
+        self, payment_id: int, request: RefundRequest, claim: Claim
+    ) -> tuple[Payment, Refund]:
         """tx 2: the refund row PROCESSING, its amount set aside, the key bound to it."""
         async with self.session_factory() as session, session.begin():
             repo = PaymentRepository(session)
@@ -158,16 +160,29 @@ class RefundService:
                 payment_id, amount=amount, reason=request.reason, gateway_key=new_gateway_key()
             )
             await self.idempotency.bind(session, claim, payment_id=payment_id, refund_id=refund.id)
-        return refund
+        return payment, refund
 
-    async def _resume(self, claim: Claim, refund_id: int, *, source: str) -> RefundOutcome:
-        """Ask the processor (the refund's own gateway key every time) and record it."""
-        async with self.session_factory() as session:
-            repo = PaymentRepository(session)
-            refund = await repo.get_refund(refund_id)
-            assert refund is not None  # bound keys reference refunds (FK)
-            payment = await repo.get(refund.payment_id)
-            assert payment is not None
+    async def _resume(
+        self,
+        claim: Claim,
+        refund_id: int,
+        *,
+        source: str,
+        loaded: tuple[Payment, Refund] | None = None,
+    ) -> RefundOutcome:
+        """Ask the processor (the refund's own gateway key every time) and record it.
+
+        `loaded`: the rows tx 2 just wrote (a retry reads them again instead).
+        """
+        if loaded is None:
+            async with self.session_factory() as session:
+                repo = PaymentRepository(session)
+                found = await repo.get_refund(refund_id)
+                assert found is not None  # bound keys reference refunds (FK)
+                owner = await repo.get(found.payment_id)
+                assert owner is not None
+            loaded = owner, found
+        payment, refund = loaded
         if refund.status == RefundStatus.PROCESSING.value:
             try:
                 result = await ask_processor_to_refund(self.gateway, payment, refund)

@@ -158,6 +158,26 @@ async def insert_child_payment(
     return (await repo.session.execute(statement)).scalar_one()
 
 
+async def lock_paid_fare(
+    repo: PaymentRepository,
+    payment_id: int,
+    error: type[ConflictError],
+    what: str,
+) -> Payment:
+    """The fare payment, row-locked, that a tip or an adjustment hangs off (404, else 409
+    naming `what` unless it is a FARE in SUCCESS or PARTIALLY_REFUNDED)."""
+    fare = await repo.get_for_update(payment_id)
+    if fare is None:
+        raise PaymentNotFoundError(payment_id)
+    if fare.kind != PaymentKind.FARE.value or fare.status not in TIPPABLE_STATUSES:
+        raise error(
+            f"Payment {payment_id} is a {fare.kind} in {fare.status}; only a fare "
+            f"payment in SUCCESS or PARTIALLY_REFUNDED {what}.",
+            payment_status=fare.status,
+        )
+    return fare
+
+
 class TipService(ExtraChargeService):
     operation = "tip"
 
@@ -174,15 +194,7 @@ class TipService(ExtraChargeService):
         settings = self.settings
         async with self.session_factory() as session, session.begin():
             repo = PaymentRepository(session)
-            fare = await repo.get_for_update(payment_id)
-            if fare is None:
-                raise PaymentNotFoundError(payment_id)
-            if fare.kind != PaymentKind.FARE.value or fare.status not in TIPPABLE_STATUSES:
-                raise PaymentNotTippableError(
-                    f"Payment {payment_id} is a {fare.kind} in {fare.status}; only a fare "
-                    "payment in SUCCESS or PARTIALLY_REFUNDED takes tips.",
-                    payment_status=fare.status,
-                )
+            fare = await lock_paid_fare(repo, payment_id, PaymentNotTippableError, "takes tips")
             if datetime.now(UTC) - fare.created_at > timedelta(days=settings.tip_max_days):
                 raise TipNotAllowedError(
                     f"Payment {payment_id} is older than {settings.tip_max_days} days; "

@@ -175,7 +175,7 @@ def payment_message(payment: Payment) -> dict[str, Any]:
 
 def refund_answer(payment: Payment, refund: Refund) -> Answer:
     """200 when the processor confirmed, 202 while it is pending, 422 when it refused."""
-    remaining = payment.amount - payment.refunded_amount - payment.refund_reserved
+    remaining = remaining_refundable(payment)
     if refund.status == RefundStatus.FAILED.value:
         problem = {
             "type": PROBLEM_BASE + "refund-declined",
