@@ -491,3 +491,35 @@ async def test_concurrent_refunds_with_a_slow_processor_never_exceed_the_amount(
         if r.status_code == 422 and r.json()["type"].endswith("refund-declined")
     )
     assert declined == 3
+
+
+@pytest.mark.parametrize(
+    ("start", "target"),
+    [("SUCCEEDED", "PROCESSING"), ("SUCCEEDED", "FAILED"), ("FAILED", "SUCCEEDED")],
+)
+async def test_the_database_refuses_refund_transitions_the_processor_does_not_allow(
+    engine: AsyncEngine, start: str, target: str
+) -> None:
+    """Trigger `refunds_status_transition`: a finished refund stays finished."""
+    refunded = Decimal("1.00") if start == "SUCCEEDED" else Decimal("0")
+    async with engine.begin() as connection:
+        from sqlalchemy.ext.asyncio import AsyncSession
+
+        async with AsyncSession(bind=connection) as session:
+            payment_id = await insert_payment(
+                session,
+                status="PARTIALLY_REFUNDED" if refunded else "SUCCESS",
+                refunded_amount=refunded,
+            )
+        refund_id = await connection.scalar(
+            text(
+                "INSERT INTO refunds (payment_id, amount, status) VALUES (:p, 1.00, :s) "
+                "RETURNING id"
+            ),
+            {"p": payment_id, "s": start},
+        )
+    with pytest.raises(DBAPIError, match="cannot move from"):
+        async with engine.begin() as connection:
+            await connection.execute(
+                text("UPDATE refunds SET status = :s WHERE id = :r"), {"s": target, "r": refund_id}
+            )
