@@ -9,6 +9,7 @@ from the class's own docstring.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from html import escape
 from typing import Annotated, Any
@@ -142,6 +143,7 @@ def _own_doc(cls: type) -> str:
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
+@functools.cache
 def catalogue() -> dict[str, ProblemType]:
     """Every problem type the service answers with, by slug (sorted by status, then slug)."""
     entries: dict[str, ProblemType] = {}
