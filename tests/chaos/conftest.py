@@ -121,6 +121,16 @@ async def start_stack(peers: Sandbox, start_process: StartProcess) -> AsyncItera
         await engine.dispose()
 
 
+async def assert_replay_is_what_the_caller_saw(
+    stack: Stack, path: str, body: dict[str, Any], seen: httpx.Response
+) -> None:
+    """The stored idempotent answer is the one the caller got: same status, same bytes."""
+    async with stack.client() as client:
+        again = await client.post(path, json=body)
+    assert again.headers.get("Idempotent-Replayed") == "true", again.text
+    assert (again.status_code, again.content) == (seen.status_code, seen.content)
+
+
 async def assert_money_invariant(stack: Stack, tmp_path: Any) -> dict[str, int]:
     """Money the processor holds equals money we recorded, payment by payment."""
     ledger = stack.peers.processor.ledger()["payment_intents"]
@@ -162,6 +172,7 @@ __all__ = [
     "Stack",
     "StartStack",
     "assert_money_invariant",
+    "assert_replay_is_what_the_caller_saw",
     "plain_url",
     "wait_until",
 ]

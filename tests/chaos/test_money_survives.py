@@ -21,7 +21,12 @@ import pytest
 from sqlalchemy.engine import URL
 
 from payment_service.sandbox.processor import sign_payload
-from tests.chaos.conftest import Stack, StartStack, assert_money_invariant
+from tests.chaos.conftest import (
+    Stack,
+    StartStack,
+    assert_money_invariant,
+    assert_replay_is_what_the_caller_saw,
+)
 from tests.conftest import admin_sql
 from tests.e2e.conftest import ThrowawayPostgres, hermetic_env, plain_url, run_cli, wait_until
 
@@ -64,6 +69,7 @@ async def test_kill_9_after_capture_then_the_same_key_records_one_capture(
     await stack.peers.set_fault("processor", "normal")
     await stack.service.restart()
     answer = await stack.retry_until(lambda c: c.post(CHARGE, json=body), {201})
+    await assert_replay_is_what_the_caller_saw(stack, CHARGE, body, answer)
     assert answer.json()["payment_id"] == row["id"]
     assert answer.json()["status"] == "SUCCESS"
     assert await captured_count(stack) == 1
@@ -146,6 +152,7 @@ async def test_postgres_killed_between_the_processor_and_the_recording(
             await asyncio.sleep(0.5)
     await stack.peers.set_fault("processor", "normal")
     answer = await stack.retry_until(lambda c: c.post(CHARGE, json=body), {201})
+    await assert_replay_is_what_the_caller_saw(stack, CHARGE, body, answer)
     assert answer.json()["status"] == "SUCCESS"
     assert await captured_count(stack) == 1
     await assert_money_invariant(stack, tmp_path)
@@ -168,6 +175,7 @@ async def test_timeout_after_capture_is_a_503_and_the_retry_records_one_capture(
     assert (await stack.payment(trip) or {}).get("status") == "PROCESSING"
     await stack.peers.set_fault("processor", "normal")
     answer = await stack.retry_until(lambda c: c.post(CHARGE, json=body), {201})
+    await assert_replay_is_what_the_caller_saw(stack, CHARGE, body, answer)
     assert answer.json()["status"] == "SUCCESS"
     assert await captured_count(stack) == 1
     await assert_money_invariant(stack, tmp_path)
@@ -196,6 +204,7 @@ async def test_a_webhook_that_arrives_before_the_recording_finishes_the_payment_
     assert first.status_code in {201, 503}, first.text
     await stack.peers.set_fault("processor", "normal")
     answer = await stack.retry_until(lambda c: c.post(CHARGE, json=body), {201})
+    await assert_replay_is_what_the_caller_saw(stack, CHARGE, body, answer)
     assert answer.json()["status"] == "SUCCESS"
     assert await captured_count(stack) == 1
     await assert_money_invariant(stack, tmp_path)
@@ -280,6 +289,11 @@ async def test_25_concurrent_partial_refunds_with_a_slow_processor(
             *(client.post(url, json={"idempotency_key": f"r-{i}", "amount": str(part)})
               for i in range(25))
         )  # fmt: skip
+    for i, seen in enumerate(answers):  # refused-before-recording answers (409) are not stored
+        if seen.status_code in (200, 422):
+            retry = {"idempotency_key": f"r-{i}", "amount": str(part)}
+            if seen.status_code == 200 or seen.json()["type"].endswith("refund-declined"):
+                await assert_replay_is_what_the_caller_saw(stack, url, retry, seen)
     codes = Counter(r.status_code for r in answers)
     assert set(codes) <= {200, 409, 422}, codes
     refunded = sum(Decimal(str(r.json()["refund_amount"])) for r in answers if r.status_code == 200)
