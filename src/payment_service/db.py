@@ -7,6 +7,7 @@ Transactions are opened by the service layer (or the per-request unit of work in
 from __future__ import annotations
 
 import ipaddress
+import weakref
 from typing import Any
 
 from sqlalchemy import URL, event, exc
@@ -105,6 +106,22 @@ def create_engine(settings: Settings, url: URL) -> AsyncEngine:
     if settings.db_pool_pre_ping:
         event.listen(engine.sync_engine.pool, "checkout", _check_alive)
     return engine
+
+
+def autocommit_engine(session_factory: SessionFactory) -> AsyncEngine:
+    """The factory's engine in AUTOCOMMIT, for work that is one statement.
+
+    A single statement is its own transaction in PostgreSQL, so wrapping it in
+    BEGIN/COMMIT only adds two round trips. Made once per engine.
+    """
+    engine = session_factory.kw["bind"]
+    options: AsyncEngine | None = _AUTOCOMMIT.get(engine)
+    if options is None:
+        options = _AUTOCOMMIT[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return options
+
+
+_AUTOCOMMIT: weakref.WeakKeyDictionary[AsyncEngine, AsyncEngine] = weakref.WeakKeyDictionary()
 
 
 def create_session_factory(engine: AsyncEngine) -> SessionFactory:

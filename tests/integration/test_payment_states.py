@@ -336,7 +336,23 @@ async def test_a_webhook_that_arrives_before_the_request_records_wins_once(
             ),
             {"p": payment_id},
         )
-    assert finished == 1
+        # The request's one-statement finish found the row moved and wrote nothing of
+        # its own: one journal, one message, and the stored answer is what it sent.
+        journals = await connection.scalar(
+            text("SELECT count(*) FROM ledger_journals WHERE payment_id = :p"), {"p": payment_id}
+        )
+        messages = await connection.scalar(
+            text("SELECT count(*) FROM notification_outbox WHERE payment_id = :p"),
+            {"p": payment_id},
+        )
+    assert (finished, journals, messages) == (1, 1, 1)
+    replay = await client.post(
+        CHARGE, json={"trip_id": trip_id, "method": "CARD", "idempotency_key": "race-hook"}
+    )
+    assert replay.headers.get("idempotent-replayed") == "true"
+    assert replay.status_code == 201
+    assert replay.json()["status"] == "SUCCESS"
+    assert replay.json()["payment_id"] == response.json()["payment_id"]
 
 
 @pytest.mark.parametrize(

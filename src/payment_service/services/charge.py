@@ -37,7 +37,7 @@ from payment_service.clients.gateway import (
     PaymentGateway,
 )
 from payment_service.clients.trip import Trip, TripClient
-from payment_service.db import SessionFactory
+from payment_service.db import SessionFactory, autocommit_engine
 from payment_service.errors import ConflictError, UnprocessableError
 from payment_service.models import Payment
 from payment_service.models.enums import PaymentKind, PaymentMethod, PaymentStatus
@@ -53,7 +53,7 @@ from payment_service.services.idempotency import (
     StoredResponse,
     fingerprint,
 )
-from payment_service.services.transitions import charge_answer, finish_charge
+from payment_service.services.transitions import charge_answer, finish_charge, finish_held_charge
 from payment_service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -214,9 +214,15 @@ class ChargeService:
             except GatewayUnavailableError:
                 await self.idempotency.end_lease(self.session_factory, claim)
                 raise
-            async with self.session_factory() as session, session.begin():
-                payment, _ = await finish_charge(session, payment.id, result, source=source)
-                answer = charge_answer(payment, result.message)
+            held = await finish_held_charge(
+                autocommit_engine(self.session_factory), payment, result, source=source
+            )
+            if held is not None:
+                payment, answer = held
+            else:  # a concurrent finisher (reconciler, webhook) moved it first
+                async with self.session_factory() as session, session.begin():
+                    payment, _ = await finish_charge(session, payment.id, result, source=source)
+                    answer = charge_answer(payment, result.message)
         else:  # finished meanwhile (reconciler, webhook): answer with what it recorded
             answer = charge_answer(payment)
             async with self.session_factory() as session, session.begin():

@@ -27,6 +27,7 @@ get no refund journal either: the ledger only speaks for money it saw captured.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
 from sqlalchemy import func, select
@@ -80,30 +81,40 @@ def refund_split(
     return reversed_now, amount - reversed_now
 
 
+@dataclass(frozen=True, slots=True)
+class JournalDraft:
+    """A journal before it is written: its entry, amount and its non-zero lines."""
+
+    entry_type: str
+    amount: Decimal
+    description: str | None
+    lines: tuple[tuple[str, Decimal], ...]
+
+    @staticmethod
+    def of(
+        entry_type: str, amount: Decimal, description: str | None, lines: list[tuple[str, Decimal]]
+    ) -> JournalDraft:
+        kept = tuple((account, value) for account, value in lines if value != 0)
+        return JournalDraft(entry_type, amount, description, kept)
+
+
 async def _journal(
-    session: AsyncSession,
-    payment: Payment,
-    *,
-    entry_type: str,
-    amount: Decimal,
-    refund_id: int | None,
-    lines: list[tuple[str, Decimal]],
-    description: str | None,
+    session: AsyncSession, payment: Payment, draft: JournalDraft, *, refund_id: int | None
 ) -> int | None:
-    """Insert the journal and its non-zero lines; None if this movement was already posted."""
+    """Insert the journal and its lines; None if this movement was already posted."""
     journal_id = (
         await session.execute(
             insert(LedgerJournal)
             .values(
-                entry_type=entry_type,
+                entry_type=draft.entry_type,
                 payment_kind=payment.kind,
                 payment_id=payment.id,
                 refund_id=refund_id,
                 trip_id=payment.trip_id,
                 driver_id=payment.driver_id,
                 rider_id=payment.rider_id,
-                amount=amount,
-                description=description,
+                amount=draft.amount,
+                description=draft.description,
             )
             .on_conflict_do_nothing()
             .returning(LedgerJournal.id)
@@ -111,34 +122,36 @@ async def _journal(
     ).scalar_one_or_none()
     if journal_id is None:
         return None
-    LEDGER_JOURNALS.labels(entry_type=entry_type).inc()
+    LEDGER_JOURNALS.labels(entry_type=draft.entry_type).inc()
     rows = [
         {"journal_id": journal_id, "account": account, "amount": value}
-        for account, value in lines
-        if value != 0
+        for account, value in draft.lines
     ]
     await session.execute(insert(LedgerLine), rows)
     return journal_id
 
 
-async def post_capture(session: AsyncSession, payment: Payment) -> int | None:
-    """The journal of a payment's capture (called when it reaches SUCCESS)."""
+def capture_journal(payment: Payment) -> JournalDraft | None:
+    """The journal a payment's capture posts (None for a zero amount: nothing moved)."""
     if payment.amount <= 0:
         return None
     commission, driver = capture_split(payment.amount, payment.commission_rate)
-    return await _journal(
-        session,
-        payment,
-        entry_type=CAPTURE,
-        amount=payment.amount,
-        refund_id=None,
-        lines=[
+    return JournalDraft.of(
+        CAPTURE,
+        payment.amount,
+        f"{payment.kind.lower()} captured",
+        [
             (source_account(payment), payment.amount),
             (driver_account(payment.driver_id), -driver),
             (COMMISSION_ACCOUNT, -commission),
         ],
-        description=f"{payment.kind.lower()} captured",
     )
+
+
+async def post_capture(session: AsyncSession, payment: Payment) -> int | None:
+    """The journal of a payment's capture (called when it reaches SUCCESS)."""
+    draft = capture_journal(payment)
+    return None if draft is None else await _journal(session, payment, draft, refund_id=None)
 
 
 async def post_refund(session: AsyncSession, payment: Payment, refund: Refund) -> int | None:
@@ -190,16 +203,14 @@ async def post_refund(session: AsyncSession, payment: Payment, refund: Refund) -
         commission_reversed_before=Decimal(reversed_before or 0),
         amount=refund.amount,
     )
-    return await _journal(
-        session,
-        payment,
-        entry_type=REFUND,
-        amount=refund.amount,
-        refund_id=refund.id,
-        lines=[
+    draft = JournalDraft.of(
+        REFUND,
+        refund.amount,
+        refund.reason,
+        [
             (source_account(payment), -refund.amount),
             (driver_account(payment.driver_id), driver_back),
             (COMMISSION_ACCOUNT, commission_back),
         ],
-        description=refund.reason,
     )
+    return await _journal(session, payment, draft, refund_id=refund.id)

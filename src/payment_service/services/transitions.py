@@ -16,14 +16,16 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from payment_service.auth.caller import current_actor
 from payment_service.clients.gateway import ChargeResult, RefundResult
 from payment_service.errors import PROBLEM_BASE
 from payment_service.jsonutil import dumps
 from payment_service.models import Payment, Refund
 from payment_service.models.enums import PaymentStatus, RefundStatus
 from payment_service.observability import (
+    LEDGER_JOURNALS,
     PAYMENT_AMOUNT,
     PAYMENTS,
     PAYMENTS_BY_KIND,
@@ -31,11 +33,13 @@ from payment_service.observability import (
     REFUNDS,
     current_request_id,
 )
+from payment_service.repositories.charge_finish import finish_processing_charge
 from payment_service.repositories.idempotency import IdempotencyRepository
 from payment_service.repositories.outbox import OutboxRepository
 from payment_service.repositories.payment import PaymentRepository
 from payment_service.schemas.payment import payment_dict
-from payment_service.services.ledger import post_capture, post_refund
+from payment_service.services.ledger import capture_journal, post_capture, post_refund
+from payment_service.tracing import current_traceparent
 
 log = logging.getLogger(__name__)
 
@@ -116,12 +120,7 @@ async def finish_charge(
         from_status=previous,
         to_status=target,
         amount=moved.amount,
-        data={
-            "message": result.message,
-            "gateway_reference": moved.gateway_reference,
-            "failure_reason": result.failure_reason,
-            "source": source,
-        },
+        data=_charge_event_data(moved, result, source),
         actor=_actor(source),
     )
     if target == PaymentStatus.SUCCESS.value:
@@ -136,15 +135,79 @@ async def finish_charge(
         payment_id=payment_id,
         refund_id=None,
     )
-    PAYMENTS.labels(method=moved.method, status=target).inc()
-    PAYMENTS_BY_KIND.labels(kind=moved.kind, status=target).inc()
-    if target == PaymentStatus.SUCCESS.value:
+    _charge_finished(moved, previous, source)
+    return moved, True
+
+
+async def finish_held_charge(
+    engine: AsyncEngine, payment: Payment, result: ChargeResult, *, source: str
+) -> tuple[Payment, Answer] | None:
+    """`finish_charge` in one statement, for the caller holding tx 2's PROCESSING row.
+
+    The new row, the answer and the journal are computed here from that row, then
+    written in one AUTOCOMMIT statement (`repositories/charge_finish.py`): (the moved
+    payment, its answer). None when another finisher moved the payment first:
+    `finish_charge` then reads what that one recorded.
+    """
+    assert payment.status == PaymentStatus.PROCESSING.value
+    target = result.status.value
+    moved = Payment(
+        **{column.key: getattr(payment, column.key) for column in Payment.__mapper__.column_attrs}
+    )
+    moved.status = target
+    moved.gateway_reference = result.gateway_reference or payment.gateway_reference
+    moved.failure_reason = result.failure_reason
+    # The database's clock wrote created_at: never let updated_at come before it.
+    moved.updated_at = max(datetime.now(UTC), payment.created_at)
+    draft = capture_journal(moved) if target == PaymentStatus.SUCCESS.value else None
+    message = payment_message(moved)
+    answer = charge_answer(moved, result.message)
+    async with engine.connect() as connection:
+        finished = await finish_processing_charge(
+            connection,
+            payment_id=payment.id,
+            status=target,
+            gateway_reference=result.gateway_reference,
+            failure_reason=result.failure_reason,
+            updated_at=moved.updated_at,
+            event_type=f"CHARGE_{target}",
+            event_data=_charge_event_data(moved, result, source),
+            actor=_actor(source) or current_actor(),
+            journal=None if draft is None else (draft.entry_type, draft.description, draft.lines),
+            message_type=message["type"],
+            payload=message,
+            traceparent=current_traceparent(),
+            operation=KIND_OPERATIONS.get(moved.kind, "charge"),
+            status_code=answer.status_code,
+            body=answer.body.decode("utf-8"),
+        )
+    if not finished.moved:
+        return None
+    if finished.journal_posted and draft is not None:
+        LEDGER_JOURNALS.labels(entry_type=draft.entry_type).inc()
+    _charge_finished(moved, PaymentStatus.PROCESSING.value, source)
+    return moved, answer
+
+
+def _charge_event_data(moved: Payment, result: ChargeResult, source: str) -> dict[str, Any]:
+    return {
+        "message": result.message,
+        "gateway_reference": moved.gateway_reference,
+        "failure_reason": result.failure_reason,
+        "source": source,
+    }
+
+
+def _charge_finished(moved: Payment, previous: str, source: str) -> None:
+    """Metrics and the log line of a charge this caller moved."""
+    PAYMENTS.labels(method=moved.method, status=moved.status).inc()
+    PAYMENTS_BY_KIND.labels(kind=moved.kind, status=moved.status).inc()
+    if moved.status == PaymentStatus.SUCCESS.value:
         PAYMENT_AMOUNT.observe(float(moved.amount))
     log.info(
         "charge finished",
-        extra={"payment_id": payment_id, "status": target, "from": previous, "source": source},
+        extra={"payment_id": moved.id, "status": moved.status, "from": previous, "source": source},
     )
-    return moved, True
 
 
 def _actor(source: str) -> str | None:
