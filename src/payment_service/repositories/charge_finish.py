@@ -47,7 +47,7 @@ WITH moved AS (
 ), event AS (
     INSERT INTO payment_events (payment_id, event_type, from_status, to_status, amount, data, actor)
     SELECT id, CAST(:event_type AS varchar), 'PROCESSING', CAST(:status AS varchar), amount,
-           CAST(:event_data AS jsonb), CAST(:actor AS varchar)
+           :event_data, CAST(:actor AS varchar)
       FROM moved
  RETURNING id
 ), journal AS (
@@ -67,7 +67,7 @@ WITH moved AS (
  RETURNING id
 ), message AS (
     INSERT INTO notification_outbox (message_type, payment_id, payload, traceparent)
-    SELECT CAST(:message_type AS varchar), id, CAST(:payload AS jsonb),
+    SELECT CAST(:message_type AS varchar), id, :payload,
            CAST(:traceparent AS varchar)
       FROM moved
  RETURNING id
@@ -86,6 +86,7 @@ SELECT (SELECT count(*) FROM moved) AS moved,
        (SELECT count(*) FROM message) AS messages,
        (SELECT count(*) FROM answer) AS answers
 """
+    # Typed JSONB: the engine's JSON serialiser (exact decimals) writes them, cast ::JSONB.
 ).bindparams(bindparam("event_data", type_=JSONB), bindparam("payload", type_=JSONB))
 
 

@@ -1,23 +1,29 @@
-"""tx 2 of a charge in one statement: the PROCESSING payment, its first event, the key bound.
+"""tx 1 and tx 2 of a charge, one statement each (both run in AUTOCOMMIT).
 
-    WITH p AS (INSERT INTO payments ... ON CONFLICT (trip_id) WHERE status <> 'FAILED'
-               DO NOTHING RETURNING payments.*),
-         e AS (INSERT INTO payment_events ... SELECT ... FROM p),
-         k AS (UPDATE idempotency_keys SET payment_id = (SELECT id FROM p)
-               WHERE id = :key_id AND lease_token = :token AND EXISTS (SELECT id FROM p)
-               RETURNING id)
+tx 2: the PROCESSING payment, its first event, the key bound to it:
+
+    WITH lk AS (SELECT id FROM idempotency_keys WHERE id = :key_id AND lease_token = :token
+                FOR UPDATE),
+         p  AS (INSERT INTO payments ... SELECT ... WHERE EXISTS (SELECT id FROM lk)
+                ON CONFLICT (trip_id) WHERE status <> 'FAILED' DO NOTHING RETURNING payments.*),
+         e  AS (INSERT INTO payment_events ... SELECT ... FROM p),
+         k  AS (UPDATE idempotency_keys SET payment_id = (SELECT id FROM p)
+                WHERE id = (SELECT id FROM lk) AND EXISTS (SELECT id FROM p) RETURNING id)
     SELECT p.*, (SELECT count(*) FROM k) AS bound FROM p
 
-Built once at import (bound parameters only), so no statement is compiled or
-cache-keyed per request. No row: another live payment for the trip won the race (the
-caller answers 409 and rolls back). `bound = 0`: the key's lease was taken over (the
-caller raises and rolls back, so the payment and the event vanish with it). The event
-and the key's binding are written only when the payment row was.
+One statement is one transaction: the payment exists only bound to the key whose lease
+we hold (`lk` locks that row first, so no takeover can slip between the check and the
+binding). No row: nothing was written, because another live payment for the trip won
+the race (409) or our lease was taken over. Built once at import (bound parameters
+only), so no statement is compiled or cache-keyed per request.
+
+tx 1 (`claim_charge`) is below.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any, cast
 
@@ -35,10 +41,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB, insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from payment_service.models import IdempotencyKey, Payment, PaymentEvent
 from payment_service.models.payment import LIVE_TRIP_PREDICATE, Money
+from payment_service.repositories.idempotency import KeyRow
 
 _PAYMENT_COLUMNS = (
     "trip_id",
@@ -70,9 +77,19 @@ def _build() -> Any:
     keys = cast(Table, IdempotencyKey.__table__)
     values = {name: bindparam(name, type_=_TYPES.get(name, String())) for name in _PAYMENT_COLUMNS}
     values["amount"] = bindparam("amount", type_=Money)
+    # Our lease, row-locked first: nobody can take the key over before `k` binds it.
+    lease = (
+        select(keys.c.id)
+        .where(
+            keys.c.id == bindparam("key_id", type_=BigInteger()),
+            keys.c.lease_token == bindparam("token", type_=String()),
+        )
+        .with_for_update()
+        .cte("lk")
+    )
     payment = (
         insert(table)
-        .values(values)
+        .from_select(list(values), select(*values.values()).where(exists(select(lease.c.id))))
         .on_conflict_do_nothing(
             index_elements=[table.c.trip_id], index_where=text(LIVE_TRIP_PREDICATE)
         )
@@ -98,11 +115,7 @@ def _build() -> Any:
     )
     key = (
         update(keys)
-        .where(
-            keys.c.id == bindparam("key_id", type_=BigInteger()),
-            keys.c.lease_token == bindparam("token", type_=String()),
-            exists(select(payment.c.id)),
-        )
+        .where(keys.c.id == select(lease.c.id).scalar_subquery(), exists(select(payment.c.id)))
         .values(payment_id=select(payment.c.id).scalar_subquery())
         .returning(keys.c.id)
         .cte("k")
@@ -123,7 +136,7 @@ class StartedCharge:
 
 
 async def start_charge(
-    session: AsyncSession,
+    connection: AsyncConnection,
     *,
     key_id: int,
     token: str,
@@ -134,7 +147,8 @@ async def start_charge(
     metadata: dict[str, Any],
     **values: Any,
 ) -> StartedCharge | None:
-    """Insert the PROCESSING payment, its event and the key binding; None on a live twin."""
+    """Insert the PROCESSING payment, its event and the key binding, in one statement (run it
+    in AUTOCOMMIT); None when nothing was written: a live twin, or our lease was lost."""
     params = {
         **values,
         "amount": amount,
@@ -145,7 +159,7 @@ async def start_charge(
         "event_data": event_data,
         "actor": actor,
     }
-    row = (await session.execute(_STATEMENT, params)).mappings().one_or_none()
+    row = (await connection.execute(_STATEMENT, params)).mappings().one_or_none()
     if row is None:
         return None
     table = Payment.__table__
@@ -154,3 +168,98 @@ async def start_charge(
     )
     payment.metadata_ = row["metadata"]
     return StartedCharge(payment, bound=row["bound"] == 1)
+
+
+# tx 1 in one statement (AUTOCOMMIT): claim the key unless the trip already has a live
+# payment, and read the key's row as it was before (a replay needs nothing else).
+_CLAIM = text(
+    f"""
+WITH live AS (
+    SELECT id, status FROM payments
+     WHERE trip_id = CAST(:trip_id AS bigint) AND {LIVE_TRIP_PREDICATE}
+     LIMIT 1
+), claimed AS (
+    INSERT INTO idempotency_keys
+           (operation, client_id, key, fingerprint, state, lease_token, locked_until, expires_at)
+    SELECT CAST(:operation AS varchar), CAST(:client_id AS varchar), CAST(:key AS varchar),
+           CAST(:fingerprint AS varchar), 'IN_PROGRESS', CAST(:token AS varchar),
+           now() + CAST(:lease AS interval), now() + CAST(:ttl AS interval)
+     WHERE NOT EXISTS (SELECT 1 FROM live)
+        ON CONFLICT ON CONSTRAINT uq_idempotency_keys_scope DO NOTHING
+ RETURNING id
+), existing AS (
+    SELECT id, fingerprint, state, locked_until, expires_at, response_status, response_body,
+           payment_id, refund_id
+      FROM idempotency_keys
+     WHERE operation = CAST(:operation AS varchar) AND client_id = CAST(:client_id AS varchar)
+       AND key = CAST(:key AS varchar)
+)
+SELECT (SELECT id FROM claimed) AS claimed_id,
+       (SELECT id FROM live) AS live_id,
+       (SELECT status FROM live) AS live_status,
+       existing.*,
+       now() AS db_now
+  FROM (SELECT 1) AS one LEFT JOIN existing ON true
+"""
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FirstClaim:
+    """What tx 1's statement saw: our new key, the trip's live payment, the key's old row."""
+
+    claimed_id: int | None
+    live: tuple[int, str] | None
+    existing: KeyRow | None
+
+
+async def claim_charge(
+    connection: AsyncConnection,
+    *,
+    trip_id: int,
+    operation: str,
+    client_id: str,
+    key: str,
+    fingerprint: str,
+    token: str,
+    lease: timedelta,
+    ttl: timedelta,
+) -> FirstClaim:
+    """Claim a fresh key for an unpaid trip in one round trip (see `_CLAIM`).
+
+    `existing` is the key's row from before this statement (it cannot see the row it
+    inserted itself), so a finished key's answer comes back in the same round trip.
+    """
+    row = (
+        await connection.execute(
+            _CLAIM,
+            {
+                "trip_id": trip_id,
+                "operation": operation,
+                "client_id": client_id,
+                "key": key,
+                "fingerprint": fingerprint,
+                "token": token,
+                "lease": lease,
+                "ttl": ttl,
+            },
+        )
+    ).one()
+    existing = (
+        None
+        if row.id is None
+        else KeyRow(
+            id=row.id,
+            fingerprint=row.fingerprint,
+            state=row.state,
+            locked_until=row.locked_until,
+            expires_at=row.expires_at,
+            response_status=row.response_status,
+            response_body=row.response_body,
+            payment_id=row.payment_id,
+            refund_id=row.refund_id,
+            db_now=row.db_now,
+        )
+    )
+    live = None if row.live_id is None else (row.live_id, row.live_status)
+    return FirstClaim(row.claimed_id, live, existing)

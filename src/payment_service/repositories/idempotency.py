@@ -179,10 +179,18 @@ class IdempotencyRepository:
         )
 
     async def release(self, key_id: int, token: str) -> None:
-        """Forget an in-flight key whose request changed nothing, so it can be retried."""
+        """Forget an in-flight key whose request changed nothing, so it can be retried.
+
+        A key bound to a payment or refund is kept whatever the caller believes: when
+        the answer to a committed statement is lost (a dropped connection), the row
+        exists, and a retry must resume it.
+        """
         await self.session.execute(
             delete(IdempotencyKey).where(
-                IdempotencyKey.id == key_id, IdempotencyKey.lease_token == token
+                IdempotencyKey.id == key_id,
+                IdempotencyKey.lease_token == token,
+                IdempotencyKey.payment_id.is_(None),
+                IdempotencyKey.refund_id.is_(None),
             )
         )
 

@@ -1,12 +1,18 @@
 """Charging a trip: where a charge is decided and where its transactions begin and end.
 
-    tx 1  claim the key + "already paid?"     (a finished key replays here, touching
-                                               neither the Trip service nor the processor)
-          Trip service                         (no transaction open)
-    tx 2  INSERT payment PROCESSING + bind the key to it
+Each transaction is one statement, run in AUTOCOMMIT (one round trip each):
+
+    tx 1  claim the key unless the trip is paid     (`repositories/charge_start.claim_charge`;
+                                                     a finished key replays here, touching
+                                                     neither the Trip service nor the processor)
+          Trip service                              (no transaction open)
+    tx 2  INSERT payment PROCESSING + event + bind the key   (`charge_start.start_charge`)
           processor, with the payment's own gateway idempotency key   (no transaction)
-    tx 3  guarded move PROCESSING -> SUCCESS | PENDING | FAILED + event + outbox + answer
-                                               (`services/transitions.py`)
+    tx 3  guarded move PROCESSING -> SUCCESS | PENDING | FAILED + event + journal + outbox
+          + answer                                  (`services/transitions.finish_held_charge`)
+
+Cases off that path use ordinary transactions: a key in flight or to resume
+(`Idempotency.claim`), a payment another finisher moved first (`finish_charge`).
 
 The payment exists before money moves, so money the processor took is never lost:
 after a crash, a database outage or a processor timeout the payment stays PROCESSING
@@ -42,7 +48,7 @@ from payment_service.errors import ConflictError, UnprocessableError
 from payment_service.models import Payment
 from payment_service.models.enums import PaymentKind, PaymentMethod, PaymentStatus
 from payment_service.observability import TRIP_SERVICE_REQUESTS
-from payment_service.repositories.charge_start import start_charge
+from payment_service.repositories.charge_start import claim_charge, start_charge
 from payment_service.repositories.payment import PaymentRepository
 from payment_service.schemas.payment import ChargeRequest
 from payment_service.services.fares import CENT, FareUnavailableError, compute_fare
@@ -136,12 +142,7 @@ class ChargeService:
                 "metadata": request.metadata or None,
             }
         )
-        claimed = await self.idempotency.claim(
-            self.session_factory,
-            key,
-            request_fingerprint,
-            precheck=lambda session: _ensure_unpaid(session, request.trip_id),
-        )
+        claimed = await self._claim(request.trip_id, key, request_fingerprint)
         if isinstance(claimed, StoredResponse):
             return ChargeOutcome(claimed.status_code, claimed.body, replayed=True)
         if claimed.payment_id is not None:
@@ -154,6 +155,41 @@ class ChargeService:
             raise
         # From here on the key stays bound to the payment, whatever happens.
         return await self._resume(claimed, payment.id, source="request", payment=payment)
+
+    async def _claim(
+        self, trip_id: int, key: str, request_fingerprint: str
+    ) -> Claim | StoredResponse:
+        """tx 1. One AUTOCOMMIT statement settles the usual cases: a fresh key for an unpaid
+        trip (claimed), a finished key (its answer), a paid trip with a new key (409).
+        The rest (a twin in flight, an expired lease, a bound key to resume) takes
+        `Idempotency.claim`, which waits and takes over as it always did."""
+        idempotency = self.idempotency
+        token = str(uuid.uuid4())
+        async with autocommit_engine(self.session_factory).connect() as connection:
+            first = await claim_charge(
+                connection,
+                trip_id=trip_id,
+                operation=idempotency.operation,
+                client_id=idempotency.client_id,
+                key=key,
+                fingerprint=request_fingerprint,
+                token=token,
+                lease=idempotency.lease,
+                ttl=idempotency.ttl,
+            )
+        if first.claimed_id is not None:
+            return Claim(first.claimed_id, token)
+        stored = idempotency.replay_of(first.existing, request_fingerprint)
+        if stored is not None:
+            return stored
+        if first.live is not None and first.existing is None:
+            raise TripAlreadyPaidError(trip_id, *first.live)
+        return await idempotency.claim(
+            self.session_factory,
+            key,
+            request_fingerprint,
+            precheck=lambda session: _ensure_unpaid(session, trip_id),
+        )
 
     async def _create_payment(self, request: ChargeRequest, claim: Claim) -> Payment:
         """Trip lookup (no transaction), then tx 2: the PROCESSING row, bound to the key."""
@@ -169,10 +205,10 @@ class ChargeService:
             except FareUnavailableError as exc:
                 raise UnprocessableError(f"Cannot price the trip: {exc}.") from None
             kind = PaymentKind.FARE
-        async with self.session_factory() as session, session.begin():
+        async with autocommit_engine(self.session_factory).connect() as connection:
             # One statement: the payment, its CHARGE_STARTED event, the key bound to it.
             started = await start_charge(
-                session,
+                connection,
                 key_id=claim.key_id,
                 token=claim.token,
                 event_type="CHARGE_STARTED",
@@ -192,12 +228,13 @@ class ChargeService:
                 commission_rate=self.settings.platform_commission_rate,
                 trip_snapshot=trip.snapshot(),
             )
-            if started is None:  # another live payment for the trip won the race
+        if started is None:  # nothing written: a live twin won the race, or we lost the lease
+            async with self.session_factory() as session:
                 live = await PaymentRepository(session).find_live_for_trip(trip.trip_id)
-                payment_id, live_status = live if live else (0, "unknown")
-                raise TripAlreadyPaidError(trip.trip_id, payment_id, live_status)
-            if not started.bound:  # our lease was taken over: roll the payment back
+            if live is None:
                 raise self.idempotency.lease_lost()
+            raise TripAlreadyPaidError(trip.trip_id, *live)
+        assert started.bound  # `lk` held the key's row from the check to the binding
         return started.payment
 
     async def _resume(

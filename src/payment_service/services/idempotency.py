@@ -127,18 +127,10 @@ class Idempotency:
         )
         if key_id is not None:
             return Claim(key_id, token)
-        # A finished key never changes again (until it expires): replay it without a lock,
-        # so retries of one key do not queue behind each other.
         row = await repo.find(operation=self.operation, client_id=self.client_id, key=key)
-        if (
-            row is not None
-            and row.expires_at > row.db_now
-            and (
-                row.state == IdempotencyState.COMPLETED.value
-                or row.fingerprint != request_fingerprint
-            )
-        ):
-            return self._finished(row, request_fingerprint)
+        stored = self.replay_of(row, request_fingerprint)
+        if stored is not None:
+            return stored
         row = await repo.find(**scope, lock=True)
         if row is None:  # deleted between our insert and select: try again
             return None
@@ -162,6 +154,24 @@ class Idempotency:
                 row.id, fingerprint=request_fingerprint, token=token, lease=self.lease, ttl=None
             )
             return Claim(row.id, token, row.payment_id, row.refund_id)
+        return None
+
+    def replay_of(self, row: KeyRow | None, request_fingerprint: str) -> StoredResponse | None:
+        """The stored answer of a finished key read without a lock (a 422 for another body);
+        None when the key is absent, expired or still in flight.
+
+        A finished key never changes again (until it expires), so retries of one key need
+        not queue behind each other for its row lock.
+        """
+        if (
+            row is not None
+            and row.expires_at > row.db_now
+            and (
+                row.state == IdempotencyState.COMPLETED.value
+                or row.fingerprint != request_fingerprint
+            )
+        ):
+            return self._finished(row, request_fingerprint)
         return None
 
     def _finished(self, row: KeyRow, request_fingerprint: str) -> StoredResponse:
