@@ -383,8 +383,8 @@ def dev(
 ) -> None:
     """Everything local: embedded PostgreSQL, migrate, seed, sandbox peers, API on :8082."""
     settings = _settings()
+    from payment_sandbox.errors import SandboxError
     from payment_service.devserver import DevServerError, run_dev
-    from payment_service.sandbox.errors import SandboxError
 
     # `dev` is the no-setup path: no API keys needed (the seed's curl lines work as they
     # are; a caller sending a key is still identified by it).
@@ -637,7 +637,7 @@ def outbox_requeue(
 
 
 def _register_sandbox() -> None:
-    from payment_service.sandbox.cli import sandbox
+    from payment_sandbox.cli import sandbox
 
     app.command("sandbox")(sandbox)
 
