@@ -28,6 +28,8 @@ RUN python -m pip install --no-cache-dir "uv==${UV_VERSION}"
 
 WORKDIR /src
 # The lock first so the dependency layer is cached until uv.lock changes.
+# The sandbox (workspace member sandbox/, the `sandbox` extra) stays out: no extra is
+# synced, and uv --frozen needs no file of a member it does not install.
 COPY pyproject.toml uv.lock README.md ./
 RUN uv sync --frozen --no-dev --no-install-project
 COPY src ./src

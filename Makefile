@@ -31,11 +31,12 @@ $(UV):
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check 'uv$(if $(UV_VERSION),==$(UV_VERSION))'
 
-$(STAMP): pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --extra dev --python $(BIN)/python
+# The sandbox extra (sandbox/, a workspace member) is what `run`, `test` and `bench` use.
+$(STAMP): pyproject.toml sandbox/pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --extra dev --extra sandbox --python $(BIN)/python
 	@touch $(STAMP)
 
-venv: $(STAMP) ## Create .venv and install the project with its dev tools
+venv: $(STAMP) ## Create .venv and install the project with its dev tools and the sandbox
 
 run: $(STAMP) ## Run everything locally: embedded PostgreSQL, seed, sandbox peers, API on :8082 (PORT, TRIP_PORT, NOTIFICATION_PORT, CONTROL_PORT)
 	$(BIN)/payment-service dev --port $(PORT) --trip-port $(TRIP_PORT) \
@@ -62,7 +63,7 @@ migration: $(STAMP) ## New Alembic migration in src/payment_service/migrations/v
 	@test -n "$(MSG)" || { echo "error: name the migration: make migration MSG=\"add a column\"" >&2; exit 1; }
 	$(BIN)/alembic revision -m "$(MSG)"
 
-lint: $(STAMP) ## ruff check and format check, mypy --strict on src/ ([tool.mypy])
+lint: $(STAMP) ## ruff check and format check, mypy --strict on src/ and sandbox/src/ ([tool.mypy])
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

@@ -23,9 +23,9 @@ from sqlalchemy import insert, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
+from payment_sandbox.runner import Sandbox, SandboxConfig, build_sandbox
 from payment_service.app import create_app
 from payment_service.models import Payment
-from payment_service.sandbox.runner import Sandbox, SandboxConfig, build_sandbox
 from payment_service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -42,6 +42,11 @@ T = TypeVar("T")
 EXIT_CONFIG = 2
 EXIT_DATABASE = 3
 
+SANDBOX_MISSING = (
+    "the sandbox is not installed: pip install 'payment-service[sandbox]'"
+    " (or make venv in a checkout)"
+)
+
 
 class DatabaseUnavailableError(RuntimeError):
     """The configured database does not answer."""
@@ -50,6 +55,13 @@ class DatabaseUnavailableError(RuntimeError):
 def fail(message: str, code: int = 1) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
+
+
+def sandbox_unavailable(exc: ImportError) -> typer.Exit:
+    """`sandbox` and `dev` without payment_sandbox (the `sandbox` extra): one line, exit 2."""
+    if (exc.name or "").partition(".")[0] == "payment_sandbox":
+        return fail(SANDBOX_MISSING, EXIT_CONFIG)
+    return fail(f"the sandbox cannot be imported: {exc}", EXIT_CONFIG)
 
 
 def _settings() -> Settings:
@@ -382,9 +394,12 @@ def dev(
     ] = 8087,
 ) -> None:
     """Everything local: embedded PostgreSQL, migrate, seed, sandbox peers, API on :8082."""
+    try:  # before the database starts: the peers come from the sandbox extra
+        from payment_sandbox.errors import SandboxError
+    except ImportError as exc:
+        raise sandbox_unavailable(exc) from None
     settings = _settings()
     from payment_service.devserver import DevServerError, run_dev
-    from payment_service.sandbox.errors import SandboxError
 
     # `dev` is the no-setup path: no API keys needed (the seed's curl lines work as they
     # are; a caller sending a key is still identified by it).
@@ -637,8 +652,20 @@ def outbox_requeue(
 
 
 def _register_sandbox() -> None:
-    from payment_service.sandbox.cli import sandbox
+    try:
+        from payment_sandbox.cli import sandbox
+    except ImportError as exc:
+        missing = exc
 
+        @app.command(
+            "sandbox",
+            context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        )
+        def sandbox_not_installed() -> None:
+            """Sandbox Trip, Notification and processor services: not installed (sandbox extra)."""
+            raise sandbox_unavailable(missing)
+
+        return
     app.command("sandbox")(sandbox)
 
 

@@ -48,9 +48,9 @@ async def run_dev(
     peer_ports: tuple[int, int, int] = (8081, 8084, 8085),
     processor_port: int = 8087,
 ) -> None:
+    from payment_sandbox.runner import SandboxConfig, build_sandbox, default_trips_file
     from payment_service.app import create_app
     from payment_service.cli import uvicorn_edge_options
-    from payment_service.sandbox.runner import SandboxConfig, build_sandbox, default_trips_file
 
     host = "127.0.0.1" if settings.service_host == "0.0.0.0" else settings.service_host
     webhook_secret = f"whsec_{secrets.token_hex(16)}"  # fresh per run, shared with the API

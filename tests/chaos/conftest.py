@@ -22,7 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from payment_service.sandbox.runner import Sandbox
+from payment_sandbox.runner import Sandbox
 from tests.e2e.conftest import *  # noqa: F403 - the e2e fixtures (processes, databases)
 from tests.e2e.conftest import (
     ServiceProcess,

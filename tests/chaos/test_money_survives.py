@@ -20,7 +20,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import URL
 
-from payment_service.sandbox.processor import sign_payload
+from payment_sandbox.processor import sign_payload
 from tests.chaos.conftest import (
     Stack,
     StartStack,

@@ -296,3 +296,11 @@ def test_image_environment_has_no_developer_leaks(image: Image) -> None:
     assert not {"DATABASE_URL", "DB_PASS"} & set(image.env)
     assert os.path.exists(image.venv / "bin" / "payment-service")
     assert not (image.venv / "bin" / "pytest").exists(), "dev extras leaked into the image"
+
+
+def test_image_environment_has_no_sandbox(image: Image) -> None:
+    """The sandbox extra (payment-service-sandbox) is for development and tests only."""
+    installed = {p.name for p in image.venv.glob("lib/python*/site-packages/*")}
+    strays = sorted(name for name in installed if "sandbox" in name)
+    assert not strays, f"the sandbox is in the image: {strays}"
+    assert "payment_service" in installed

@@ -143,3 +143,14 @@ def test_image_needs_no_source_files_beside_its_environment(dockerfile: Dockerfi
     assert dockerfile.workdir(stage) == "/app"
     from_context = [c for c in dockerfile.copies(stage) if "from" not in c[0]]
     assert from_context == [], f"the runtime stage copies source files: {from_context}"
+
+
+def test_the_sandbox_stays_out_of_the_build(dockerfile: Dockerfile) -> None:
+    """sandbox/ (the `sandbox` extra's workspace member) is not in the build context,
+    and no `uv sync` line of the build stage asks for an extra."""
+    ignore = load_dockerignore()
+    assert ignore.excluded("sandbox/pyproject.toml")
+    assert ignore.excluded("sandbox/src/payment_sandbox/runner.py")
+    for line in (i.value for i in dockerfile.in_stage(0, "RUN") if "uv sync" in i.value):
+        assert "--extra" not in line and "--all-extras" not in line, line
+        assert "--all-packages" not in line, line

@@ -24,7 +24,9 @@ def make_in(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def copy_project(tmp_path: Path) -> Path:
-    for name in ("Makefile", "pyproject.toml", "uv.lock", "README.md"):
+    """What `uv lock` reads: the root project and the workspace member sandbox/."""
+    for name in ("Makefile", "pyproject.toml", "uv.lock", "README.md", "sandbox/pyproject.toml"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, tmp_path / name)
     return tmp_path
 

@@ -1,6 +1,8 @@
 """The wheel is self-contained: installed into a fresh virtual environment, run from an
 empty directory, `payment-service` migrates (Alembic scripts in the package), seeds
 (seed CSV in the package) and serves a healthy API. No alembic.ini, no checkout.
+The sandbox is not in it (its own distribution, the `sandbox` extra): there
+`payment-service sandbox` and `dev` print the one-line install hint.
 
 The wheel is built (`uv build`: sdist, then the wheel from the sdist) from a copy of
 the tracked files, so a file left out of git or out of the package data fails here.
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
+import zipfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import URL
 
+from payment_service.cli import SANDBOX_MISSING
 from tests.conftest import admin_sql
 from tests.deploy.deploy_support import ROOT
 
@@ -47,8 +51,8 @@ def tracked_files() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """bin/ of a fresh virtual environment holding only the wheel and its dependencies."""
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """payment-service's wheel, built from the tracked files (the root project only)."""
     assert UV.exists(), "uv is missing from the dev environment: make venv"
     base = tmp_path_factory.mktemp("wheel")
     source = base / "source"
@@ -57,8 +61,14 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copy2(ROOT / name, source / name)  # symlinks (seeds/*.csv) as their content
     dist = base / "dist"
     run([str(UV), "build", "--quiet", "--out-dir", str(dist), str(source)], timeout=300)
-    (wheel,) = dist.glob("payment_service-*.whl")
+    (built,) = dist.glob("payment_service-*.whl")
+    return built
 
+
+@pytest.fixture(scope="module")
+def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """bin/ of a fresh virtual environment holding only the wheel and its dependencies."""
+    base = tmp_path_factory.mktemp("venv")
     constraints = base / "constraints.txt"
     run(
         [str(UV), "export", "--frozen", "--no-dev", "--no-emit-project", "--no-hashes",
@@ -155,6 +165,43 @@ def test_installed_wheel_migrates_seeds_and_serves_from_an_empty_directory(
                 process.kill()
                 process.wait()
     assert sorted(p.name for p in elsewhere.iterdir()) == ["home"], migrate.stdout
+
+
+def test_wheel_leaves_the_sandbox_to_its_extra(wheel: Path) -> None:
+    """No payment_sandbox file (nor the trips CSV it serves) in the wheel; its metadata
+    names the `sandbox` extra that brings payment-service-sandbox."""
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        requires = [
+            line.removeprefix("Requires-Dist: ")
+            for line in archive.read(metadata).decode().splitlines()
+            if line.startswith("Requires-Dist: ")
+        ]
+    strays = [n for n in names if "sandbox" in n or n.endswith("rhfd_trips.csv")]
+    assert not strays, f"the sandbox is in the wheel: {strays}"
+    assert "payment_service/seeds/rhfd_payments.csv" in names
+    sandbox = [r for r in requires if r.startswith("payment-service-sandbox")]
+    assert sandbox == ['payment-service-sandbox; extra == "sandbox"'], requires
+
+
+def test_installed_wheel_without_the_extra_names_it_in_one_line(
+    installed: Path, elsewhere: Path
+) -> None:
+    """`payment-service sandbox` and `dev` exit 2 with the install hint, no traceback."""
+    env = {key: value for key, value in os.environ.items() if key in {"LANG", "LC_ALL", "TZ"}}
+    env.update(PATH=f"{installed}:/usr/local/bin:/usr/bin:/bin", HOME=str(elsewhere / "home"))
+    python = str(installed / "python")
+    spec = run([python, "-c", "import importlib.util as u; print(u.find_spec('payment_sandbox'))"])
+    assert spec.stdout.strip() == "None", "payment_sandbox is installed without the extra"
+    for command in ("sandbox", "dev"):
+        result = subprocess.run(
+            [str(installed / "payment-service"), command],
+            cwd=elsewhere, env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert result.returncode == 2, f"{command}: {result.stdout}{result.stderr}"
+        assert result.stderr.splitlines() == [f"error: {SANDBOX_MISSING}"], result.stderr
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["home"]
 
 
 def wait_for_health(url: str, process: subprocess.Popen[bytes], log: Path) -> httpx.Response:

@@ -39,7 +39,7 @@ import pytest
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from payment_service.sandbox.runner import Sandbox
+from payment_sandbox.runner import Sandbox
 from payment_service.settings import Settings
 from tests.conftest import ROOT, SEED_FILE, admin_sql
 

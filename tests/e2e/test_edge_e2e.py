@@ -21,7 +21,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import URL
 
-from payment_service.sandbox.runner import Sandbox
+from payment_sandbox.runner import Sandbox
 from tests.conftest import SEED_FILE
 from tests.e2e.conftest import (
     ServiceProcess,

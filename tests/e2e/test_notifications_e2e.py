@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from payment_service.sandbox.runner import Sandbox
+from payment_sandbox.runner import Sandbox
 from tests.e2e.conftest import STARTUP_TIMEOUT_SECONDS, ServiceProcess, StartProcess, wait_until
 
 DELIVERY_TIMEOUT_SECONDS = 20.0

@@ -18,10 +18,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 from standardwebhooks import Webhook
 
+from payment_sandbox import Sandbox, SandboxConfig, build_sandbox
 from payment_service.db import create_engine, create_session_factory
 from payment_service.models import OutboxMessage
 from payment_service.repositories.outbox import OutboxRepository
-from payment_service.sandbox import Sandbox, SandboxConfig, build_sandbox
 from tests.conftest import insert_payment, make_settings
 
 CLI = Path(sys.executable).with_name("payment-service")

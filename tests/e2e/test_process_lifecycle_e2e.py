@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from payment_service.sandbox.runner import Sandbox
+from payment_sandbox.runner import Sandbox
 from tests.e2e.conftest import ServiceProcess, wait_until
 
 CHARGE = "/v1/payments/charge"

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import httpx
 
-from payment_service.sandbox.runner import Sandbox
+from payment_sandbox.runner import Sandbox
 from tests.e2e.conftest import ServiceProcess, run_smoke_script
 
 UNPAID_TRIP = 1001  # seeds/README.md: 1001..1300 are COMPLETED and unpaid

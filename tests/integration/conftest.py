@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from payment_sandbox.runner import Sandbox
 from payment_service.app import create_app
-from payment_service.sandbox.runner import Sandbox
 from payment_service.settings import Settings
 from tests.conftest import make_settings
 

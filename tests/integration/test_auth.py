@@ -16,9 +16,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from payment_sandbox.runner import Sandbox
 from payment_service.app import create_app
 from payment_service.auth.caller import current_caller
-from payment_service.sandbox.runner import Sandbox
 from payment_service.services.api_keys import create_key, revoke_keys
 from tests.conftest import insert_payment, make_settings
 from tests.integration.conftest import money_settings

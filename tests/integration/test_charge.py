@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from payment_sandbox.runner import Sandbox
+from payment_sandbox.trips import synthetic_trip
 from payment_service.app import create_app
-from payment_service.sandbox.runner import Sandbox
-from payment_service.sandbox.trips import synthetic_trip
 from tests.integration.conftest import money_settings
 
 CHARGE = "/v1/payments/charge"

@@ -17,8 +17,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from payment_service.sandbox.runner import Sandbox
-from payment_service.sandbox.trips import Trip
+from payment_sandbox.runner import Sandbox
+from payment_sandbox.trips import Trip
 
 CHARGE = "/v1/payments/charge"
 CENT = Decimal("0.01")

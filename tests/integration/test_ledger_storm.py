@@ -17,7 +17,7 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from payment_service.sandbox.runner import Sandbox
+from payment_sandbox.runner import Sandbox
 from payment_service.services.ledger_audit import (
     ledger_differences,
     settlement,

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from jsonschema import Draft202012Validator
 
+from payment_sandbox.runner import Sandbox
 from payment_service.api.problems import catalogue
-from payment_service.sandbox.runner import Sandbox
 
 OPERATION_IDS = {
     ("get", "/v1/payments"): "listPayments",

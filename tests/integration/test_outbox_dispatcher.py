@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from standardwebhooks import Webhook
 
+from payment_sandbox import Sandbox, SandboxConfig, build_sandbox
 from payment_service.db import create_engine, create_session_factory
 from payment_service.jsonutil import dumps, loads
 from payment_service.models import OutboxMessage
@@ -30,7 +31,6 @@ from payment_service.observability import (
     OUTBOX_PENDING,
 )
 from payment_service.repositories.outbox import OutboxRepository
-from payment_service.sandbox import Sandbox, SandboxConfig, build_sandbox
 from payment_service.settings import Settings
 from payment_service.worker.dispatcher import OutboxDispatcher
 from tests.conftest import insert_payment, make_settings

@@ -21,6 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from payment_sandbox.runner import Sandbox
 from payment_service.app import create_app
 from payment_service.clients.gateway import (
     ChargeAttempt,
@@ -33,7 +34,6 @@ from payment_service.clients.gateway import (
     RefundResult,
 )
 from payment_service.models.enums import PaymentStatus, RefundStatus
-from payment_service.sandbox.runner import Sandbox
 from payment_service.worker.reconciler import Reconciler
 from tests.conftest import insert_payment
 from tests.integration.conftest import money_settings

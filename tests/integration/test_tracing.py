@@ -22,10 +22,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from payment_sandbox.runner import Sandbox
 from payment_service import tracing
 from payment_service.app import create_app
 from payment_service.observability import configure_logging
-from payment_service.sandbox.runner import Sandbox
 from payment_service.settings import Settings
 from payment_service.worker.dispatcher import OutboxDispatcher
 from tests.conftest import make_settings

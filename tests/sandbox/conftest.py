@@ -6,7 +6,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from payment_service.sandbox import Sandbox, SandboxConfig, build_sandbox
+from payment_sandbox import Sandbox, SandboxConfig, build_sandbox
 
 TRIPS_CSV = """\
 trip_id,rider_id,driver_id,status,distance_km,base_fare,surge_multiplier,total_fare

@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from payment_service.sandbox import FaultMode, FaultSwitch, Sandbox
+from payment_sandbox import FaultMode, FaultSwitch, Sandbox
 
 
 def _trip(sandbox: Sandbox, trip_id: int = 1) -> str:

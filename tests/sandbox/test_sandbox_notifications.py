@@ -11,7 +11,7 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from payment_service.sandbox import NotificationSink, Sandbox
+from payment_sandbox import NotificationSink, Sandbox
 
 
 def _notifications_url(sandbox: Sandbox) -> str:

@@ -14,7 +14,7 @@ import pytest
 import stripe
 from fastapi import FastAPI, Request, Response
 
-from payment_service.sandbox import PeerServer, Sandbox
+from payment_sandbox import PeerServer, Sandbox
 
 API_KEY = "sk_test_sandbox"
 WEBHOOK_SECRET = "whsec_test_made_up"

@@ -12,8 +12,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from payment_service.sandbox import SandboxConfig, SandboxError, build_sandbox
-from payment_service.sandbox.cli import sandbox as sandbox_command
+from payment_sandbox import SandboxConfig, SandboxError, build_sandbox
+from payment_sandbox.cli import sandbox as sandbox_command
 
 
 def _free_port() -> int:
@@ -150,7 +150,7 @@ def test_command_help_lists_the_options() -> None:
 
 async def test_command_serves_until_sigint(trips_file: Path) -> None:
     """The command logs where each peer listens, serves, and exits 0 on Ctrl+C."""
-    script = "import typer; from payment_service.sandbox.cli import sandbox; typer.run(sandbox)"
+    script = "import typer; from payment_sandbox.cli import sandbox; typer.run(sandbox)"
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
@@ -193,7 +193,7 @@ async def test_command_reports_a_busy_port_in_one_line(trips_file: Path) -> None
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
-            "import typer; from payment_service.sandbox.cli import sandbox; typer.run(sandbox)",
+            "import typer; from payment_sandbox.cli import sandbox; typer.run(sandbox)",
             f"--trip-port={taken.getsockname()[1]}",
             "--notification-port=0",
             "--control-port=0",
@@ -239,8 +239,8 @@ def test_webhook_options_fall_back_to_the_environment() -> None:
         "SANDBOX_PROCESSOR_WEBHOOK_SECRET": "whsec_from_env",
     }
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("payment_service.sandbox.cli.run_sandbox", fake_run)
-        patch.setattr("payment_service.sandbox.cli.asyncio.run", lambda value: value)
+        patch.setattr("payment_sandbox.cli.run_sandbox", fake_run)
+        patch.setattr("payment_sandbox.cli.asyncio.run", lambda value: value)
         result = CliRunner().invoke(app, ["sandbox", "--trips-file", __file__], env=env)
 
     assert result.exit_code == 0, result.output

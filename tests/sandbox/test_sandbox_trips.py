@@ -7,14 +7,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from payment_service.sandbox import (
+from payment_sandbox import (
     Sandbox,
     TripFileError,
     default_trips_file,
     load_trips_csv,
     synthetic_trip,
 )
-from payment_service.sandbox._json import dumps
+from payment_sandbox._json import dumps
 
 
 async def test_trip_from_file_is_served_with_exact_json_numbers(

@@ -15,6 +15,8 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request, Response
 
+from payment_sandbox import PeerServer, Sandbox, SandboxConfig, build_sandbox
+from payment_sandbox.processor import sign_payload
 from payment_service.clients.gateway import (
     ChargeAttempt,
     GatewayAuthError,
@@ -28,8 +30,6 @@ from payment_service.clients.stripe_gateway import (
     to_minor_units,
 )
 from payment_service.models.enums import PaymentMethod, PaymentStatus, RefundStatus
-from payment_service.sandbox import PeerServer, Sandbox, SandboxConfig, build_sandbox
-from payment_service.sandbox.processor import sign_payload
 from payment_service.settings import ConfigurationError, Settings
 
 API_KEY = "sk_test_sandbox"  # made up: the sandbox accepts exactly this key here

@@ -4,7 +4,7 @@
     PUT /v1/trips/{trip_id}   add (201) or replace (200) a trip at runtime
     GET /_sandbox/stats       GET requests received, last X-Request-ID (?trip_id= for one trip)
     DELETE /_sandbox/stats    zero those counters
-    GET/PUT /_sandbox/faults  see `payment_service.sandbox.faults`
+    GET/PUT /_sandbox/faults  see `payment_sandbox.faults`
     GET /health               {"status": "UP"}
 
 Trips come from a CSV file (header `trip_id,rider_id,driver_id,status,distance_km,
@@ -27,8 +27,8 @@ from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from payment_service.sandbox._json import DecimalJSONResponse, json_body, json_body_openapi
-from payment_service.sandbox.faults import FaultSwitch, create_fault_router, fault_response
+from payment_sandbox._json import DecimalJSONResponse, json_body, json_body_openapi
+from payment_sandbox.faults import FaultSwitch, create_fault_router, fault_response
 
 TRIP_COLUMNS = (
     "trip_id",

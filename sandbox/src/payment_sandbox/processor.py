@@ -74,9 +74,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from payment_service.sandbox.faults import FaultMode, FaultSwitch, create_fault_router
+from payment_sandbox.faults import FaultMode, FaultSwitch, create_fault_router
 
-logger = logging.getLogger("payment_service.sandbox.processor")
+logger = logging.getLogger("payment_sandbox.processor")
 
 API_VERSION = "2025-09-30.clover"
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600

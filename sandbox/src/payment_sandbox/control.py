@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import Depends, FastAPI, Query
 from fastapi.responses import JSONResponse
 
-from payment_service.sandbox._json import json_body, json_body_openapi
-from payment_service.sandbox.errors import SandboxError, UnsupportedFaultError
-from payment_service.sandbox.faults import FaultUpdate
+from payment_sandbox._json import json_body, json_body_openapi
+from payment_sandbox.errors import SandboxError, UnsupportedFaultError
+from payment_sandbox.faults import FaultUpdate
 
 if TYPE_CHECKING:
-    from payment_service.sandbox.runner import Sandbox
+    from payment_sandbox.runner import Sandbox
 
 
 class Peer(StrEnum):

@@ -5,12 +5,12 @@ the benchmark. The HTTP control endpoints are listed in `faults`; the Python ent
 points are `build_sandbox(SandboxConfig(...))` and the `Sandbox` it returns.
 """
 
-from payment_service.sandbox.control import Peer, create_control_app
-from payment_service.sandbox.errors import SandboxError, UnsupportedFaultError
-from payment_service.sandbox.faults import FaultMode, FaultSwitch, FaultUpdate
-from payment_service.sandbox.notifications import NotificationSink, create_notification_app
-from payment_service.sandbox.processor import SandboxProcessor, create_processor_app
-from payment_service.sandbox.runner import (
+from payment_sandbox.control import Peer, create_control_app
+from payment_sandbox.errors import SandboxError, UnsupportedFaultError
+from payment_sandbox.faults import FaultMode, FaultSwitch, FaultUpdate
+from payment_sandbox.notifications import NotificationSink, create_notification_app
+from payment_sandbox.processor import SandboxProcessor, create_processor_app
+from payment_sandbox.runner import (
     PeerServer,
     Sandbox,
     SandboxConfig,
@@ -18,7 +18,7 @@ from payment_service.sandbox.runner import (
     default_trips_file,
     run_sandbox,
 )
-from payment_service.sandbox.trips import (
+from payment_sandbox.trips import (
     Trip,
     TripFileError,
     TripStore,

@@ -30,9 +30,10 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from payment_service.sandbox.control import Peer, create_control_app
-from payment_service.sandbox.errors import SandboxError, UnsupportedFaultError
-from payment_service.sandbox.faults import (
+from payment_sandbox._signals import stop_on_signals
+from payment_sandbox.control import Peer, create_control_app
+from payment_sandbox.errors import SandboxError, UnsupportedFaultError
+from payment_sandbox.faults import (
     COMMON_MODES,
     DEFAULT_DELAY_SECONDS,
     DEFAULT_FAIL_STATUS,
@@ -41,12 +42,11 @@ from payment_service.sandbox.faults import (
     FaultMode,
     FaultSwitch,
 )
-from payment_service.sandbox.notifications import NotificationSink, create_notification_app
-from payment_service.sandbox.processor import SandboxProcessor, create_processor_app
-from payment_service.sandbox.trips import TripFileError, TripStore, create_trip_app
-from payment_service.signals import stop_on_signals
+from payment_sandbox.notifications import NotificationSink, create_notification_app
+from payment_sandbox.processor import SandboxProcessor, create_processor_app
+from payment_sandbox.trips import TripFileError, TripStore, create_trip_app
 
-logger = logging.getLogger("payment_service.sandbox")
+logger = logging.getLogger("payment_sandbox")
 
 TRIPS_FILE = Path("seeds") / "rhfd_trips.csv"
 _START_POLL_SECONDS = 0.005
@@ -58,7 +58,7 @@ def default_trips_file() -> Path:
     candidate = Path.cwd() / TRIPS_FILE
     if candidate.is_file():
         return candidate
-    return Path(__file__).resolve().parents[1] / "seeds" / TRIPS_FILE.name
+    return Path(__file__).resolve().parent / "seeds" / TRIPS_FILE.name
 
 
 @dataclass

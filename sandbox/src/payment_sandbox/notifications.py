@@ -4,7 +4,7 @@
     GET    /v1/notifications   {"count", "concurrent_duplicates", "duplicates", "bad_signatures",
                                 "signatures_checked", "notifications"}
     DELETE /v1/notifications   forget everything received -> {"cleared": n}
-    GET/PUT /_sandbox/faults   see `payment_service.sandbox.faults`
+    GET/PUT /_sandbox/faults   see `payment_sandbox.faults`
     GET    /health             {"status": "UP"}
 
 Each record is `{received_at, body, headers: {idempotency-key, x-request-id, webhook-id,
@@ -40,8 +40,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from standardwebhooks import Webhook
 
-from payment_service.sandbox._json import DecimalJSONResponse, dumps, loads
-from payment_service.sandbox.faults import FaultSwitch, create_fault_router, fault_response
+from payment_sandbox._json import DecimalJSONResponse, dumps, loads
+from payment_sandbox.faults import FaultSwitch, create_fault_router, fault_response
 
 RECORDED_HEADERS = (
     "idempotency-key",

@@ -10,14 +10,14 @@ from typing import Annotated
 
 import typer
 
-from payment_service.sandbox.errors import SandboxError
-from payment_service.sandbox.faults import (
+from payment_sandbox.errors import SandboxError
+from payment_sandbox.faults import (
     DEFAULT_DELAY_SECONDS,
     DEFAULT_FAIL_STATUS,
     DEFAULT_FLAKY_COUNT,
     FaultMode,
 )
-from payment_service.sandbox.runner import SandboxConfig, run_sandbox
+from payment_sandbox.runner import SandboxConfig, run_sandbox
 
 
 def sandbox(

@@ -12,7 +12,7 @@ from Python (`Sandbox.set_fault`) or over HTTP. Modes:
             server (and its open connections) and listens again on "up". A 503 is
             a failure, not "down"; only the control server can take a peer down.
 
-The processor peer (`payment_service.sandbox.processor`) also plays, and only it:
+The processor peer (`payment_sandbox.processor`) also plays, and only it:
 
     decline                every charge is declined (402 card_declined), every refund fails
     pending                charges answer `processing` and refunds `pending`; they succeed
@@ -77,7 +77,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from payment_service.sandbox._json import json_body, json_body_openapi
+from payment_sandbox._json import json_body, json_body_openapi
 
 DEFAULT_DELAY_SECONDS = 1.0
 DEFAULT_FAIL_STATUS = 500
