@@ -170,6 +170,20 @@ class IdempotencyRepository:
             )
         )
 
+    async def stored_answer(self, key_id: int) -> tuple[int, str] | None:
+        """(status, body) stored on a COMPLETED key, else None."""
+        row = (
+            await self.session.execute(
+                select(IdempotencyKey.response_status, IdempotencyKey.response_body).where(
+                    IdempotencyKey.id == key_id,
+                    IdempotencyKey.state == IdempotencyState.COMPLETED.value,
+                )
+            )
+        ).one_or_none()
+        if row is None or row.response_status is None or row.response_body is None:
+            return None
+        return row.response_status, row.response_body
+
     async def end_lease(self, key_id: int, token: str) -> None:
         """Let the next same-key retry resume at once (the key stays bound, nothing lost)."""
         await self.session.execute(

@@ -49,6 +49,7 @@ from payment_service.models import Payment
 from payment_service.models.enums import PaymentKind, PaymentMethod, PaymentStatus
 from payment_service.observability import TRIP_SERVICE_REQUESTS
 from payment_service.repositories.charge_start import claim_charge, start_charge
+from payment_service.repositories.idempotency import IdempotencyRepository
 from payment_service.repositories.payment import PaymentRepository
 from payment_service.schemas.payment import ChargeRequest
 from payment_service.services.fares import CENT, FareUnavailableError, compute_fare
@@ -59,7 +60,12 @@ from payment_service.services.idempotency import (
     StoredResponse,
     fingerprint,
 )
-from payment_service.services.transitions import charge_answer, finish_charge, finish_held_charge
+from payment_service.services.transitions import (
+    Answer,
+    charge_answer,
+    finish_charge,
+    finish_held_charge,
+)
 from payment_service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -258,15 +264,30 @@ class ChargeService:
                 payment, answer = held
             else:  # a concurrent finisher (reconciler, webhook) moved it first
                 async with self.session_factory() as session, session.begin():
-                    payment, _ = await finish_charge(session, payment.id, result, source=source)
-                    answer = charge_answer(payment, result.message)
+                    payment, moved = await finish_charge(session, payment.id, result, source=source)
+                    answer = (
+                        charge_answer(payment, result.message)
+                        if moved  # PENDING -> our outcome; finish_charge stored it
+                        else await self._answer_recorded(session, claim, payment)
+                    )
         else:  # finished meanwhile (reconciler, webhook): answer with what it recorded
-            answer = charge_answer(payment)
             async with self.session_factory() as session, session.begin():
-                await self.idempotency.complete_bound(
-                    session, status_code=answer.status_code, body=answer.body, payment_id=payment.id
-                )
+                answer = await self._answer_recorded(session, claim, payment)
         return ChargeOutcome(answer.status_code, answer.body, replayed=False)
+
+    async def _answer_recorded(
+        self, session: AsyncSession, claim: Claim, payment: Payment
+    ) -> Answer:
+        """The answer for a payment another finisher moved: the one it stored on our key,
+        so the caller and every replay see the same bytes; else rendered and stored now."""
+        stored = await IdempotencyRepository(session).stored_answer(claim.key_id)
+        if stored is not None:
+            return Answer(stored[0], stored[1].encode("utf-8"))
+        answer = charge_answer(payment)
+        await self.idempotency.complete_bound(
+            session, status_code=answer.status_code, body=answer.body, payment_id=payment.id
+        )
+        return answer
 
     async def _completed_trip(self, request: ChargeRequest) -> Trip:
         trip = await self.trip_client.get_trip(request.trip_id)
