@@ -132,6 +132,7 @@ class OutboxDispatcher:
         self._client: NotificationClient | None = None
         self._stopping: asyncio.Event | None = None
         self._rng = random.Random()
+        self._tracer_provider = tracer_provider
         self._tracer = tracer(tracer_provider)
 
     @property
@@ -151,7 +152,9 @@ class OutboxDispatcher:
         return min(self.lease_seconds, MAX_SHUTDOWN_WAIT_SECONDS)
 
     def _new_client(self) -> NotificationClient:
-        return NotificationClient(self._settings, transport=self._transport)
+        return NotificationClient(
+            self._settings, transport=self._transport, tracer_provider=self._tracer_provider
+        )
 
     # -- one batch ------------------------------------------------------------
 
