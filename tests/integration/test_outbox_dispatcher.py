@@ -30,7 +30,7 @@ from payment_service.observability import (
     OUTBOX_DELIVERY_FAILURES,
     OUTBOX_PENDING,
 )
-from payment_service.repositories.outbox import OutboxRepository
+from payment_service.repositories.outbox import FailedAttempt, OutboxRepository
 from payment_service.settings import Settings
 from payment_service.worker.dispatcher import OutboxDispatcher
 from tests.conftest import insert_payment, make_settings
@@ -420,6 +420,35 @@ async def test_lost_lease_leaves_the_new_owners_row_alone(
         assert not await repository.release(stale)
     row = (await rows(sessions))[message_id]
     assert (row.status, row.attempts, row.next_attempt_at) == ("PENDING", 0, fresh.lease_until)
+
+
+async def test_batched_failures_fence_each_row_by_its_own_lease(
+    peer: Sandbox, sessions: SessionFactory
+) -> None:
+    """One statement records many failed attempts; a row whose lease was lost is left out."""
+    first, second = await enqueue(sessions, 2)
+    async with sessions() as session, session.begin():
+        claim = await OutboxRepository(session).claim(2, lease_seconds=0.01)
+    assert claim.pending == 2
+    stale_first, held_second = claim.messages
+    await asyncio.sleep(0.05)
+    async with sessions() as session, session.begin():
+        [fresh_first] = await OutboxRepository(session).claim_due(1, lease_seconds=60)
+    assert fresh_first.id == first
+    async with sessions() as session, session.begin():
+        statuses = await OutboxRepository(session).mark_failed_attempts(
+            [
+                FailedAttempt(stale_first, "late", retry_in_seconds=0),
+                FailedAttempt(held_second, "boom " * 200, retry_in_seconds=30),
+            ],
+            max_attempts=1,
+        )
+    assert statuses == {second: "FAILED"}
+    current = await rows(sessions)
+    assert (current[first].status, current[first].attempts) == ("PENDING", 0)
+    assert current[first].next_attempt_at == fresh_first.lease_until
+    assert (current[second].status, current[second].attempts) == ("FAILED", 1)
+    assert len(current[second].last_error or "") == 500
 
 
 async def test_stopping_finishes_the_in_flight_batch(

@@ -2,26 +2,31 @@
 
 One batch (`run_once`) is three steps, none of which holds a transaction across HTTP:
 
-1. claim: one short transaction leases up to OUTBOX_BATCH_SIZE due PENDING rows
-   (`FOR UPDATE SKIP LOCKED`, then `next_attempt_at = now() + lease`), and
-   refreshes the `outbox_pending` gauge;
+1. claim: one statement (autocommit: no BEGIN/COMMIT) leases up to
+   OUTBOX_BATCH_SIZE due PENDING rows (`FOR UPDATE SKIP LOCKED`, then
+   `next_attempt_at = now() + lease`) and counts the PENDING ones for the
+   `outbox_pending` gauge;
 2. deliver: POST each message (a bounded number at once) with its global
    `event_id` as `Idempotency-Key` and `webhook-id` (signed when
    NOTIFICATION_SIGNING_SECRET is set), in a span that continues the trace the
    message was enqueued in; a delivery only starts while enough of the
    lease is left for it to finish, so no other replica can claim a message that
    is still on the wire;
-3. mark: one short transaction records DELIVERED, or a failed attempt retried
+3. mark: one statement per outcome records DELIVERED, or failed attempts retried
    after an exponential backoff with full jitter, or FAILED after
    OUTBOX_MAX_ATTEMPTS (the row stays, with `last_error`, for people to see).
+
+A batch that delivers everything thus costs two round trips, an idle poll one.
 
 A crash between 2 and 3 leaves the rows leased; they come due again when the
 lease ends and are sent again -- at-least-once, which the idempotency key and
 `event_id` let the receiver absorb.
 
 `running()` polls every OUTBOX_POLL_INTERVAL_SECONDS (at once again after a full
-batch that delivered something). Database and delivery failures are logged and
-backed off, never raised out of the loop, and never touch a payment.
+batch that delivered something). Nothing wakes it when a charge commits: waiting
+for the next poll is what lets one claim carry many messages under load. Database
+and delivery failures are logged and backed off, never raised out of the loop, and
+never touch a payment.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ from payment_service.observability import (
     OUTBOX_DELIVERY_FAILURES,
     OUTBOX_PENDING,
 )
-from payment_service.repositories.outbox import ClaimedMessage, OutboxRepository
+from payment_service.repositories.outbox import ClaimedMessage, FailedAttempt, OutboxRepository
 from payment_service.settings import Settings
 from payment_service.signals import stop_on_signals
 from payment_service.tracing import context_from_traceparent, tracer
@@ -66,6 +71,7 @@ MAX_LOOP_BACKOFF_SECONDS = 30.0
 """Longest pause of the loop after consecutive database errors."""
 MAX_SHUTDOWN_WAIT_SECONDS = 10.0
 """Longest wait for the in-flight batch when the dispatcher stops."""
+_AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
 
 
 def backoff_delay(
@@ -126,6 +132,7 @@ class OutboxDispatcher:
         self._client: NotificationClient | None = None
         self._stopping: asyncio.Event | None = None
         self._rng = random.Random()
+        self._tracer_provider = tracer_provider
         self._tracer = tracer(tracer_provider)
 
     @property
@@ -145,7 +152,9 @@ class OutboxDispatcher:
         return min(self.lease_seconds, MAX_SHUTDOWN_WAIT_SECONDS)
 
     def _new_client(self) -> NotificationClient:
-        return NotificationClient(self._settings, transport=self._transport)
+        return NotificationClient(
+            self._settings, transport=self._transport, tracer_provider=self._tracer_provider
+        )
 
     # -- one batch ------------------------------------------------------------
 
@@ -172,10 +181,10 @@ class OutboxDispatcher:
         # A delivery may start only if it ends, at the latest, half a margin
         # before the lease: the rest is for marking and clock drift.
         deadline = loop.time() + lease - LEASE_MARGIN_SECONDS / 2
-        async with self._session_factory() as session, session.begin():
-            repository = OutboxRepository(session)
-            messages = await repository.claim_due(self._settings.outbox_batch_size, lease)
-            OUTBOX_PENDING.set(await repository.count_pending())
+        async with self._outbox() as outbox:
+            claim = await outbox.claim(self._settings.outbox_batch_size, lease)
+        OUTBOX_PENDING.set(claim.pending)
+        messages = claim.messages
         if not messages:
             return BatchResult(0, 0, 0, 0)
 
@@ -257,58 +266,67 @@ class OutboxDispatcher:
 
     async def _record(self, results: list[_Result]) -> BatchResult:
         settings = self._settings
-        delivered = failed = released = 0
-        async with self._session_factory() as session, session.begin():
-            repository = OutboxRepository(session)
-            successes = [r.message for r in results if r.outcome is _Outcome.DELIVERED]
-            await repository.mark_delivered(*successes)
-            delivered = len(successes)
-            for result in results:
-                message = result.message
-                if result.outcome is _Outcome.DELIVERED:
-                    continue
-                if result.outcome is _Outcome.SKIPPED:
-                    await repository.release(message)
-                    released += 1
-                else:
-                    failed += 1
-                    status = await repository.mark_failed_attempt(
-                        message,
-                        result.error or "delivery failed",
-                        retry_in_seconds=backoff_delay(
-                            message.attempts + 1,
-                            settings.outbox_backoff_base_seconds,
-                            settings.outbox_backoff_max_seconds,
-                            rng=self._rng,
-                        ),
-                        max_attempts=settings.outbox_max_attempts,
-                    )
-                    if status == OutboxStatus.FAILED.value:
-                        log.error(
-                            "notification given up after max attempts",
-                            extra={
-                                "message_id": message.id,
-                                "payment_id": message.payment_id,
-                                "attempts": message.attempts + 1,
-                                "error": result.error,
-                            },
-                        )
-                    elif status is None:
-                        log.warning(
-                            "outbox lease lost before the failure was recorded",
-                            extra={"message_id": message.id},
-                        )
-        batch = BatchResult(len(results), delivered, failed, released)
+        delivered = [r.message for r in results if r.outcome is _Outcome.DELIVERED]
+        skipped = [r.message for r in results if r.outcome is _Outcome.SKIPPED]
+        failures = [
+            FailedAttempt(
+                r.message,
+                r.error or "delivery failed",
+                backoff_delay(
+                    r.message.attempts + 1,
+                    settings.outbox_backoff_base_seconds,
+                    settings.outbox_backoff_max_seconds,
+                    rng=self._rng,
+                ),
+            )
+            for r in results
+            if r.outcome is _Outcome.FAILED
+        ]
+        # One statement per kind of outcome (usually only the first), each atomic on its own:
+        # a crash between them leaves the rest leased, to be sent again when the lease ends.
+        async with self._outbox() as outbox:
+            await outbox.mark_delivered(*delivered)
+            statuses = await outbox.mark_failed_attempts(
+                failures, max_attempts=settings.outbox_max_attempts
+            )
+            await outbox.release_all(skipped)
+        for failure in failures:
+            message = failure.message
+            status = statuses.get(message.id)
+            if status == OutboxStatus.FAILED.value:
+                log.error(
+                    "notification given up after max attempts",
+                    extra={
+                        "message_id": message.id,
+                        "payment_id": message.payment_id,
+                        "attempts": message.attempts + 1,
+                        "error": failure.error,
+                    },
+                )
+            elif status is None:
+                log.warning(
+                    "outbox lease lost before the failure was recorded",
+                    extra={"message_id": message.id},
+                )
+        batch = BatchResult(len(results), len(delivered), len(failures), len(skipped))
         log.info(
             "outbox batch",
             extra={
                 "claimed": batch.claimed,
-                "delivered": delivered,
-                "failed": failed,
-                "released": released,
+                "delivered": batch.delivered,
+                "failed": batch.failed,
+                "released": batch.released,
             },
         )
         return batch
+
+    @contextlib.asynccontextmanager
+    async def _outbox(self) -> AsyncIterator[OutboxRepository]:
+        """The outbox on an AUTOCOMMIT connection: every repository call is one statement,
+        atomic by itself, so no BEGIN/COMMIT round trips are spent around it."""
+        async with self._session_factory() as session:
+            connection = await session.connection(execution_options=_AUTOCOMMIT)
+            yield OutboxRepository(connection)
 
     # -- the loop -------------------------------------------------------------
 
