@@ -103,7 +103,9 @@ def create_app(
             from payment_service.clients.gateway import build_gateway
             from payment_service.clients.trip import TripClient
 
-            app.state.trip_client = await stack.enter_async_context(TripClient(settings))
+            app.state.trip_client = await stack.enter_async_context(
+                TripClient(settings, tracer_provider=provider)
+            )
             gateway = build_gateway(settings)
             stack.push_async_callback(gateway.aclose)
             app.state.gateway = gateway

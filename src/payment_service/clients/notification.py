@@ -9,11 +9,7 @@ delivery implies. With NOTIFICATION_SIGNING_SECRET set, `webhook-signature` sign
 `<webhook-id>.<webhook-timestamp>.<body>` (the official `standardwebhooks` library),
 so the receiver can also tell our messages from anyone else's.
 
-Unless a test passes a transport of its own, requests go through aiohttp
-(`httpx-aiohttp`: the same httpx API): on the dispatcher's path of concurrent POSTs
-it costs about a quarter of httpcore's CPU per delivery. httpx's tracing
-instrumentation patches httpcore's transport class only, so this client is
-instrumented on its own when the dispatcher is traced.
+Requests go through aiohttp unless a test passes a transport (`clients/http.py`).
 """
 
 from __future__ import annotations
@@ -21,14 +17,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import httpx
-from httpx_aiohttp import AiohttpTransport
 from standardwebhooks import Webhook
 
-from payment_service.clients.http import PeerClient
+from payment_service.clients.http import PeerClient, is_timeout, original_error
 from payment_service.jsonutil import dumps
 from payment_service.observability import REQUEST_ID_HEADER
 from payment_service.settings import Settings
@@ -74,29 +69,11 @@ class NotificationClient(PeerClient):
             connect_timeout=2.0,
             max_connections=MAX_CONNECTIONS,
             transport=transport,
+            tracer_provider=tracer_provider,
         )
         self._settings = settings
-        self._own_transport = transport is None
-        self._tracer_provider = tracer_provider
         secret = settings.notification_signing_secret
         self._signer = Webhook(secret.get_secret_value()) if secret is not None else None
-
-    async def __aenter__(self) -> Self:
-        if self._own_transport:
-            # A new one each time: closing the client closes its aiohttp session for good.
-            limits = httpx.Limits(
-                max_connections=MAX_CONNECTIONS,
-                max_keepalive_connections=MAX_CONNECTIONS // 5,
-            )
-            self._config["transport"] = AiohttpTransport(limits=limits)
-        await super().__aenter__()
-        if self._own_transport and self._tracer_provider is not None:
-            from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
-
-            HTTPXClientInstrumentor.instrument_client(
-                self.http, tracer_provider=self._tracer_provider
-            )
-        return self
 
     def headers(self, event_id: uuid.UUID, body: bytes, request_id: str | None) -> dict[str, str]:
         """The delivery's headers; signed (Standard Webhooks v1) when a secret is configured."""
@@ -145,17 +122,12 @@ class NotificationClient(PeerClient):
 
 
 def _delivery_error(exc: BaseException, timeout: float) -> NotificationDeliveryError:
-    """A timeout, or the peer unreachable (refused, reset, a bad answer).
-
-    Judged by aiohttp's own error when there is one: the aiohttp transport turns every
-    connection error, a refused connection included, into `httpx.ConnectTimeout`.
-    """
-    cause = exc.__cause__
-    original = cause if isinstance(cause, aiohttp.ClientError) else exc
-    if isinstance(original, TimeoutError | httpx.TimeoutException):
+    """A timeout, or the peer unreachable (refused, reset, a bad answer)."""
+    if is_timeout(exc):
         return NotificationDeliveryError(
             f"the Notification service did not answer within {timeout:g} s"
         )
+    original = original_error(exc)
     reason = str(original).splitlines()[0] if str(original) else ""
     return NotificationDeliveryError(
         f"the Notification service is unreachable: {type(original).__name__}"

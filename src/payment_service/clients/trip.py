@@ -10,17 +10,18 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import httpx
 from tenacity import (
     AsyncRetrying,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_attempt,
     wait_exponential_jitter,
 )
 
-from payment_service.clients.http import PeerClient
+from payment_service.clients.http import PeerClient, is_refused, is_timeout
 from payment_service.errors import ServiceUnavailableError
 from payment_service.jsonutil import loads
 from payment_service.observability import (
@@ -30,6 +31,9 @@ from payment_service.observability import (
     current_request_id,
 )
 from payment_service.settings import Settings
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 
 class TripServiceUnavailableError(ServiceUnavailableError):
@@ -123,16 +127,28 @@ def _optional_decimal(value: Any) -> Decimal | None:
     return result
 
 
+def _retryable(exc: BaseException) -> bool:
+    """A 5xx, or no connection could be made (the GET never reached the Trip service)."""
+    return isinstance(exc, _RetryableStatus) or is_refused(exc)
+
+
 class TripClient(PeerClient):
     """The Trip service: `GET /v1/trips/{id}` with bounded retries."""
 
-    def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        tracer_provider: TracerProvider | None = None,
+    ):
         super().__init__(
             base_url=settings.trip_service_url,
             timeout=settings.trip_service_timeout_seconds,
             connect_timeout=1.0,
             max_connections=100,
             transport=transport,
+            tracer_provider=tracer_provider,
         )
         self._settings = settings
 
@@ -156,7 +172,7 @@ class TripClient(PeerClient):
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._settings.trip_service_retries + 1),
             wait=wait_exponential_jitter(multiplier=0.05, max=0.5, jitter=0.05),
-            retry=retry_if_exception_type((httpx.ConnectError, _RetryableStatus)),
+            retry=retry_if_exception(_retryable),
             reraise=True,
         )
         try:
@@ -169,9 +185,11 @@ class TripClient(PeerClient):
             raise TripServiceUnavailableError(
                 f"The Trip service failed ({exc.status}); retry later."
             ) from None
-        except httpx.TimeoutException:
-            raise TripServiceUnavailableError("The Trip service timed out; retry later.") from None
-        except httpx.TransportError:
+        except (httpx.TransportError, aiohttp.ClientError) as exc:
+            if is_timeout(exc) and not is_refused(exc):
+                raise TripServiceUnavailableError(
+                    "The Trip service timed out; retry later."
+                ) from None
             raise TripServiceUnavailableError(
                 "The Trip service is unreachable; retry later."
             ) from None
