@@ -6,7 +6,7 @@ service's already-open pool connections log too), sends one request of each kind
 switches it off again and parses what the log shows for the `payment-service`
 connections. The outbox dispatcher polls on the same connections: transactions
 that touch the outbox with `SKIP LOCKED` or `UPDATE notification_outbox` are its
-own and are left out.
+own and are left out, as is asyncpg's once-per-connection type introspection.
 
 Each request's statements become one list of normalised SQL texts (placeholders
 `$n`, pgbench's `:var` and `NULL` parameters all read `?`, whitespace collapsed),
@@ -29,6 +29,9 @@ LOG_LINE_PREFIX = "%m [%p] %a@%d "
 APPLICATION_NAME = "payment-service"
 PARAM = re.compile(r"\$(\d+)")
 DISPATCHER_MARKERS = ("SKIP LOCKED", "UPDATE notification_outbox")
+DRIVER_MARKERS = ("typeinfo_tree", "set_config('jit'")
+"""asyncpg's type introspection (JIT off, the type tree, JIT back): sent once per
+connection, the first time a statement uses a type it has not seen (arrays here)."""
 
 
 @dataclass
@@ -141,8 +144,8 @@ def parse_log(text: str) -> list[Statement]:
 
 def _without_dispatcher(statements: list[Statement]) -> list[Statement]:
     """Keep whole transactions (BEGIN .. COMMIT/ROLLBACK per backend, or one statement
-    outside any, as autocommit reads send) that are not the outbox dispatcher's, nor cut
-    off by the capture window."""
+    outside any, as autocommit reads send) that are not the outbox dispatcher's, nor the
+    driver's one-off introspection, nor cut off by the capture window."""
     transactions: list[list[Statement]] = []
     open_by_pid: dict[int, list[Statement]] = {}
     for statement in statements:
@@ -163,7 +166,8 @@ def _without_dispatcher(statements: list[Statement]) -> list[Statement]:
         single = len(tx) == 1 and first.split(None, 1)[0] not in {"BEGIN", "COMMIT", "ROLLBACK"}
         complete = single or (first.startswith("BEGIN") and last in {"COMMIT", "ROLLBACK"})
         dispatcher = any(marker in s.sql for s in tx for marker in DISPATCHER_MARKERS)
-        if complete and not dispatcher:
+        driver = any(marker in s.sql for s in tx for marker in DRIVER_MARKERS)
+        if complete and not dispatcher and not driver:
             keep.update(id(s) for s in tx)
     return [s for s in statements if id(s) in keep]
 
