@@ -18,7 +18,6 @@ from prometheus_client import (
     CollectorRegistry,
     generate_latest,
 )
-from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.responses import Response
 
 from payment_service import __version__
@@ -38,6 +37,7 @@ from payment_service.auth.store import KeyStore
 from payment_service.db import create_engine, create_session_factory
 from payment_service.edge import RequestLimitsMiddleware, ResponseHeadersMiddleware
 from payment_service.errors import install_error_handlers
+from payment_service.http_metrics import RouteLabelInstrumentatorMiddleware
 from payment_service.jsonutil import MoneyJSONResponse
 from payment_service.observability import (
     HTTP_LATENCY_BUCKETS,
@@ -147,12 +147,15 @@ def create_app(
     # are process-wide. /metrics serves both.
     http_registry = CollectorRegistry(auto_describe=True)
     # Exact status codes (`status="503"`), so alerts can tell a 503 outage from a 500 bug.
-    Instrumentator(
+    # prometheus-fastapi-instrumentator's middleware, labelling from the route routing chose.
+    app.add_middleware(
+        RouteLabelInstrumentatorMiddleware,
         should_group_status_codes=False,
         should_ignore_untemplated=True,
         excluded_handlers=["/metrics", "/static/.*"],
         registry=http_registry,
-    ).instrument(app, latency_lowr_buckets=HTTP_LATENCY_BUCKETS)
+        latency_lowr_buckets=HTTP_LATENCY_BUCKETS,
+    )
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
