@@ -34,7 +34,7 @@ from payment_service.api import (
 from payment_service.api.docs import install_docs
 from payment_service.auth.guard import CallerContextMiddleware, Guard, document_scopes
 from payment_service.auth.store import KeyStore
-from payment_service.db import create_engine, create_session_factory
+from payment_service.db import RawReads, create_engine, create_session_factory
 from payment_service.edge import RequestLimitsMiddleware, ResponseHeadersMiddleware
 from payment_service.errors import install_error_handlers
 from payment_service.http_metrics import RouteLabelInstrumentatorMiddleware
@@ -95,6 +95,13 @@ def create_app(
             # Reads of one statement need no BEGIN/COMMIT around them (health, GETs).
             app.state.read_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
             app.state.read_session_factory = create_session_factory(app.state.read_engine)
+            # The hot reads (health, GET payments) run on asyncpg, through this pool.
+            app.state.reads = RawReads(
+                engine,
+                provider.get_tracer("opentelemetry.instrumentation.sqlalchemy")
+                if provider is not None
+                else None,
+            )
             app.state.guard = Guard(
                 auth_required=settings.auth_required,
                 keys=KeyStore(app.state.session_factory, settings.api_key_cache_seconds),

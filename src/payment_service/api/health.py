@@ -28,7 +28,7 @@ router = APIRouter(tags=["health"])
     responses={503: {"model": Health, "description": "The database is unreachable"}},
 )
 async def health(request: Request) -> MoneyJSONResponse:
-    up = await database_is_up(request.app.state.read_engine)
+    up = await database_is_up(request.app.state.reads)
     body = {
         "service": SERVICE_NAME,
         "version": __version__,
@@ -57,7 +57,7 @@ async def live() -> dict[str, str]:
     responses={503: {"model": Readiness, "description": "Not ready"}, **problem_responses(500)},
 )
 async def ready(request: Request) -> MoneyJSONResponse:
-    state = await probe(request.app.state.read_engine)
+    state = await probe(request.app.state.reads)
     head = expected_revision()
     reason = not_ready_reason(state, head)
     is_ready = reason is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -60,6 +61,26 @@ def payment_dict(payment: Payment) -> dict[str, Any]:
         "updated_at": payment.updated_at,
         "kind": payment.kind or PaymentKind.FARE.value,
         "parent_payment_id": payment.parent_payment_id,
+    }
+
+
+def payment_row_dict(row: Mapping[str, Any]) -> dict[str, Any]:
+    """`payment_dict` of a row read without the ORM (`PaymentReads`): the same object."""
+    return {
+        "payment_id": row["id"],
+        "trip_id": row["trip_id"],
+        "rider_id": row["rider_id"],
+        "driver_id": row["driver_id"],
+        "amount": row["amount"],
+        "currency": row["currency"],
+        "method": row["method"],
+        "status": row["status"],
+        "refunded_amount": row["refunded_amount"],
+        "reference": row["reference"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+        "kind": row["kind"] or PaymentKind.FARE.value,
+        "parent_payment_id": row["parent_payment_id"],
     }
 
 
