@@ -32,19 +32,15 @@ from payment_service.api import (
     webhooks,
 )
 from payment_service.api.docs import install_docs
-from payment_service.auth.guard import CallerContextMiddleware, Guard, document_scopes
+from payment_service.auth.guard import Guard, document_scopes
 from payment_service.auth.store import KeyStore
 from payment_service.db import RawReads, create_engine, create_session_factory
-from payment_service.edge import RequestLimitsMiddleware, ResponseHeadersMiddleware
+from payment_service.edge import RequestLimitsMiddleware, ResponseEnvelopeMiddleware
 from payment_service.errors import install_error_handlers
 from payment_service.http_metrics import RouteLabelInstrumentatorMiddleware
 from payment_service.jsonutil import MoneyJSONResponse
-from payment_service.observability import (
-    HTTP_LATENCY_BUCKETS,
-    RequestIdMiddleware,
-    init_metric_series,
-)
-from payment_service.ratelimit import RateLimiter, RateLimitHeadersMiddleware
+from payment_service.observability import HTTP_LATENCY_BUCKETS, init_metric_series
+from payment_service.ratelimit import RateLimiter
 from payment_service.settings import ConfigurationError, Settings, load_settings
 
 if TYPE_CHECKING:
@@ -170,19 +166,16 @@ def create_app(
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     # Rate limiting and authentication happen in each route's dependencies (inside the
-    # instrumentation, so 401/403/429 are counted); these only carry their results out.
-    app.add_middleware(RateLimitHeadersMiddleware)
-    app.add_middleware(CallerContextMiddleware)
-    # Outermost last. The limits run before routing (and inside the request id, so
-    # rejections carry it); HEAD and the response headers wrap everything.
+    # instrumentation, so 401/403/429 are counted); the envelope carries their results out.
+    # Outermost last. The limits run before routing (and inside the envelope, so
+    # rejections carry the request id and the response headers).
     app.add_middleware(
         RequestLimitsMiddleware,
         max_body_bytes=settings.max_body_bytes,
         max_header_bytes=settings.max_header_bytes,
         read_timeout_seconds=settings.request_read_timeout_seconds,
     )
-    app.add_middleware(RequestIdMiddleware)
-    app.add_middleware(ResponseHeadersMiddleware)
+    app.add_middleware(ResponseEnvelopeMiddleware)
     if provider is not None:
         tracing.instrument_app(app, provider)  # outermost: the span covers every middleware
     return app
