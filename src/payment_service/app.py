@@ -136,6 +136,10 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         default_response_class=MoneyJSONResponse,
+        # Tracing is ours (`tracing.instrument_app`, with the app's own provider), and the
+        # HTTP metrics are Prometheus'. FastAPI's native telemetry would otherwise look up
+        # the global OpenTelemetry providers (environment reads) on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     install_error_handlers(app)
