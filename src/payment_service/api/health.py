@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 
 from payment_service import SERVICE_NAME, __version__
 from payment_service.errors import problem_responses
-from payment_service.jsonutil import MoneyJSONResponse
+from payment_service.jsonutil import MoneyJSONResponse, utc_timestamp
 from payment_service.schemas.health import Health, Readiness
 from payment_service.services.health import (
     database_is_up,
@@ -34,7 +34,7 @@ async def health(request: Request) -> MoneyJSONResponse:
         "version": __version__,
         "status": "UP" if up else "DOWN",
         "database_status": "UP" if up else "DOWN",
-        "timestamp": datetime.now(UTC),
+        "timestamp": utc_timestamp(datetime.now(UTC)),
     }
     return MoneyJSONResponse(body, status_code=200 if up else 503)
 

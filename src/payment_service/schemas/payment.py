@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from payment_service.jsonutil import utc_timestamp
 from payment_service.models import Payment
 from payment_service.models.enums import PaymentKind, PaymentMethod, PaymentStatus
 from payment_service.schemas.common import (
@@ -65,7 +66,8 @@ def payment_dict(payment: Payment) -> dict[str, Any]:
 
 
 def payment_row_dict(row: Mapping[str, Any]) -> dict[str, Any]:
-    """`payment_dict` of a row read without the ORM (`PaymentReads`): the same object."""
+    """`payment_dict` of a row read without the ORM (`PaymentReads`): the same JSON, with
+    the times already as the strings `jsonutil.dumps` writes (no `default` hook per time)."""
     return {
         "payment_id": row["id"],
         "trip_id": row["trip_id"],
@@ -77,8 +79,8 @@ def payment_row_dict(row: Mapping[str, Any]) -> dict[str, Any]:
         "status": row["status"],
         "refunded_amount": row["refunded_amount"],
         "reference": row["reference"],
-        "created_at": row["created_at"],
-        "updated_at": row["updated_at"],
+        "created_at": utc_timestamp(row["created_at"]),
+        "updated_at": utc_timestamp(row["updated_at"]),
         "kind": row["kind"] or PaymentKind.FARE.value,
         "parent_payment_id": row["parent_payment_id"],
     }
