@@ -6,7 +6,6 @@ Transactions are opened by the service layer (or the per-request unit of work in
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 from typing import Any
 
@@ -17,7 +16,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.util import greenlet_spawn
+from sqlalchemy.util import await_, greenlet_spawn
 
 from payment_service.jsonutil import dumps, loads
 from payment_service.settings import Settings
@@ -154,23 +153,37 @@ class RawReads:
             return await self._borrowed(method, sql, args)
 
     async def _borrowed(self, method: str, sql: str, args: tuple[Any, ...]) -> Any:
-        # Checkout may have to connect, which SQLAlchemy's asyncpg adapter does in a greenlet.
-        fairy = await greenlet_spawn(self._engine.raw_connection)
+        # Checkout may connect and checkin may close (a full or disposed pool, after a
+        # database restart): SQLAlchemy's asyncpg adapter does that IO in a greenlet, so
+        # the whole borrow runs in one, the statement awaited from inside it.
+        return await greenlet_spawn(self._borrow_and_run, method, sql, args)
+
+    def _borrow_and_run(self, method: str, sql: str, args: tuple[Any, ...]) -> Any:
+        dialect = self._engine.dialect
+        try:
+            fairy = self._engine.raw_connection()
+        except dialect.loaded_dbapi.Error as error:
+            # A failed connect, as SQLAlchemy's Connection would raise it (the error
+            # handlers answer 503 for an outage).
+            raise exc.DBAPIError.instance(
+                None,
+                None,
+                error,
+                dialect.loaded_dbapi.Error,
+                connection_invalidated=dialect.is_disconnect(error, None, None),
+                dialect=dialect,
+            ) from error
         connection: Any = fairy.driver_connection
         try:
-            result = await getattr(connection, method)(sql, *args)
+            result = await_(getattr(connection, method)(sql, *args))
         except BaseException as error:
             if not isinstance(error, Exception) or connection.is_closed():
                 # Cancelled (a deadline) mid-statement, or the connection is gone:
                 # nobody can know its state, so the pool drops it rather than reuse it.
-                await _discard(fairy)
+                connection.terminate()
+                fairy.invalidate()
             else:  # an error the server answered: the connection is fine
                 fairy.close()
             raise
         fairy.close()  # back to the pool (its reset is a no-op: no transaction was begun)
         return result
-
-
-async def _discard(fairy: Any) -> None:
-    fairy.driver_connection.terminate()  # at once: the socket may be mid-statement
-    await asyncio.shield(greenlet_spawn(fairy.invalidate))
