@@ -18,7 +18,6 @@ from prometheus_client import (
     CollectorRegistry,
     generate_latest,
 )
-from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.responses import Response
 
 from payment_service import __version__
@@ -33,18 +32,15 @@ from payment_service.api import (
     webhooks,
 )
 from payment_service.api.docs import install_docs
-from payment_service.auth.guard import CallerContextMiddleware, Guard, document_scopes
+from payment_service.auth.guard import Guard, document_scopes
 from payment_service.auth.store import KeyStore
-from payment_service.db import create_engine, create_session_factory
-from payment_service.edge import RequestLimitsMiddleware, ResponseHeadersMiddleware
+from payment_service.db import RawReads, create_engine, create_session_factory
+from payment_service.edge import RequestLimitsMiddleware, ResponseEnvelopeMiddleware
 from payment_service.errors import install_error_handlers
+from payment_service.http_metrics import RouteLabelInstrumentatorMiddleware
 from payment_service.jsonutil import MoneyJSONResponse
-from payment_service.observability import (
-    HTTP_LATENCY_BUCKETS,
-    RequestIdMiddleware,
-    init_metric_series,
-)
-from payment_service.ratelimit import RateLimiter, RateLimitHeadersMiddleware
+from payment_service.observability import HTTP_LATENCY_BUCKETS, init_metric_series
+from payment_service.ratelimit import RateLimiter
 from payment_service.settings import ConfigurationError, Settings, load_settings
 
 if TYPE_CHECKING:
@@ -95,6 +91,13 @@ def create_app(
             # Reads of one statement need no BEGIN/COMMIT around them (health, GETs).
             app.state.read_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
             app.state.read_session_factory = create_session_factory(app.state.read_engine)
+            # The hot reads (health, GET payments) run on asyncpg, through this pool.
+            app.state.reads = RawReads(
+                engine,
+                provider.get_tracer("opentelemetry.instrumentation.sqlalchemy")
+                if provider is not None
+                else None,
+            )
             app.state.guard = Guard(
                 auth_required=settings.auth_required,
                 keys=KeyStore(app.state.session_factory, settings.api_key_cache_seconds),
@@ -135,6 +138,10 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         default_response_class=MoneyJSONResponse,
+        # Tracing is ours (`tracing.instrument_app`, with the app's own provider), and the
+        # HTTP metrics are Prometheus'. FastAPI's native telemetry would otherwise look up
+        # the global OpenTelemetry providers (environment reads) on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     install_error_handlers(app)
@@ -149,12 +156,15 @@ def create_app(
     # are process-wide. /metrics serves both.
     http_registry = CollectorRegistry(auto_describe=True)
     # Exact status codes (`status="503"`), so alerts can tell a 503 outage from a 500 bug.
-    Instrumentator(
+    # prometheus-fastapi-instrumentator's middleware, labelling from the route routing chose.
+    app.add_middleware(
+        RouteLabelInstrumentatorMiddleware,
         should_group_status_codes=False,
         should_ignore_untemplated=True,
         excluded_handlers=["/metrics", "/static/.*"],
         registry=http_registry,
-    ).instrument(app, latency_lowr_buckets=HTTP_LATENCY_BUCKETS)
+        latency_lowr_buckets=HTTP_LATENCY_BUCKETS,
+    )
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
@@ -162,19 +172,16 @@ def create_app(
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     # Rate limiting and authentication happen in each route's dependencies (inside the
-    # instrumentation, so 401/403/429 are counted); these only carry their results out.
-    app.add_middleware(RateLimitHeadersMiddleware)
-    app.add_middleware(CallerContextMiddleware)
-    # Outermost last. The limits run before routing (and inside the request id, so
-    # rejections carry it); HEAD and the response headers wrap everything.
+    # instrumentation, so 401/403/429 are counted); the envelope carries their results out.
+    # Outermost last. The limits run before routing (and inside the envelope, so
+    # rejections carry the request id and the response headers).
     app.add_middleware(
         RequestLimitsMiddleware,
         max_body_bytes=settings.max_body_bytes,
         max_header_bytes=settings.max_header_bytes,
         read_timeout_seconds=settings.request_read_timeout_seconds,
     )
-    app.add_middleware(RequestIdMiddleware)
-    app.add_middleware(ResponseHeadersMiddleware)
+    app.add_middleware(ResponseEnvelopeMiddleware)
     if provider is not None:
         tracing.instrument_app(app, provider)  # outermost: the span covers every middleware
     return app

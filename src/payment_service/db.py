@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.util import await_, greenlet_spawn
 
 from payment_service.jsonutil import dumps, loads
 from payment_service.settings import Settings
@@ -127,3 +128,79 @@ _AUTOCOMMIT: weakref.WeakKeyDictionary[AsyncEngine, AsyncEngine] = weakref.WeakK
 def create_session_factory(engine: AsyncEngine) -> SessionFactory:
     """Sessions that keep loaded objects usable after commit (no lazy reload round trips)."""
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+class RawReads:
+    """One-statement reads run on the asyncpg connection of a pooled connection.
+
+    For the hot read routes (GET a payment, the list, health): SQLAlchemy's
+    Connection/Session layers around a statement cost several times the statement
+    itself, and those reads need neither a transaction (asyncpg runs each statement in
+    autocommit, as the AUTOCOMMIT read engine did) nor ORM objects. Connections come
+    from the engine's pool, so the pool's size, timeout and pre-ping apply unchanged.
+    The SQL lives in the repositories; this only borrows and returns the connection.
+
+    With `tracer` (tracing on), each read is a client span like the engine's statements.
+    """
+
+    def __init__(self, engine: AsyncEngine, tracer: Any = None) -> None:
+        self._engine = engine.sync_engine
+        self._tracer = tracer
+
+    async def fetch(self, sql: str, *args: Any) -> list[Any]:
+        """The rows (asyncpg Records) of `sql` with positional `$n` arguments."""
+        return await self._run("fetch", sql, args)  # type: ignore[no-any-return]
+
+    async def fetchrow(self, sql: str, *args: Any) -> Any:
+        """The first row of `sql`, or None."""
+        return await self._run("fetchrow", sql, args)
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        """The first column of the first row of `sql`, or None."""
+        return await self._run("fetchval", sql, args)
+
+    async def _run(self, method: str, sql: str, args: tuple[Any, ...]) -> Any:
+        if self._tracer is None:
+            return await self._borrowed(method, sql, args)
+        from opentelemetry.trace import SpanKind
+
+        with self._tracer.start_as_current_span(
+            sql.split(None, 1)[0], kind=SpanKind.CLIENT, attributes={"db.system": "postgresql"}
+        ):
+            return await self._borrowed(method, sql, args)
+
+    async def _borrowed(self, method: str, sql: str, args: tuple[Any, ...]) -> Any:
+        # Checkout may connect and checkin may close (a full or disposed pool, after a
+        # database restart): SQLAlchemy's asyncpg adapter does that IO in a greenlet, so
+        # the whole borrow runs in one, the statement awaited from inside it.
+        return await greenlet_spawn(self._borrow_and_run, method, sql, args)
+
+    def _borrow_and_run(self, method: str, sql: str, args: tuple[Any, ...]) -> Any:
+        dialect = self._engine.dialect
+        try:
+            fairy = self._engine.raw_connection()
+        except dialect.loaded_dbapi.Error as error:
+            # A failed connect, as SQLAlchemy's Connection would raise it (the error
+            # handlers answer 503 for an outage).
+            raise exc.DBAPIError.instance(
+                None,
+                None,
+                error,
+                dialect.loaded_dbapi.Error,
+                connection_invalidated=dialect.is_disconnect(error, None, None),
+                dialect=dialect,
+            ) from error
+        connection: Any = fairy.driver_connection
+        try:
+            result = await_(getattr(connection, method)(sql, *args))
+        except BaseException as error:
+            if not isinstance(error, Exception) or connection.is_closed():
+                # Cancelled (a deadline) mid-statement, or the connection is gone:
+                # nobody can know its state, so the pool drops it rather than reuse it.
+                connection.terminate()
+                fairy.invalidate()
+            else:  # an error the server answered: the connection is fine
+                fairy.close()
+            raise
+        fairy.close()  # back to the pool (its reset is a no-op: no transaction was begun)
+        return result

@@ -14,9 +14,9 @@ Two layers, each bounding what the other cannot:
   `RequestLimitsMiddleware` answers 431 for an oversized header block, 413 for a body
   over MAX_BODY_BYTES (from Content-Length before reading, else counting bytes as
   `receive()` delivers them, never buffering) and 408 when the body does not finish
-  arriving within REQUEST_READ_TIMEOUT_SECONDS; `ResponseHeadersMiddleware` answers
-  HEAD on every GET route and adds `Cache-Control: no-store` and
-  `X-Content-Type-Options: nosniff`.
+  arriving within REQUEST_READ_TIMEOUT_SECONDS; `ResponseEnvelopeMiddleware` answers
+  HEAD on every GET route, binds the request id and adds `X-Request-ID`,
+  `Cache-Control: no-store` and `X-Content-Type-Options: nosniff`.
 
 Closing a connection while the client is still sending makes the kernel reset it,
 and a reset can destroy the answer before the client reads it. So a 413 or an ASGI
@@ -30,13 +30,17 @@ the middleware closes at once: its client is not sending anyway.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, NamedTuple
 
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from payment_service.auth.caller import reset_caller, set_caller
 from payment_service.errors import problem_response
+from payment_service.observability import bind_request_id, request_id_of, reset_request_id
+from payment_service.ratelimit import QUOTA_STATE_KEY, Quota
 
 STATIC_PREFIX = "/static/"
 _DISCONNECT: Message = {"type": "http.disconnect"}
@@ -187,13 +191,32 @@ def _seconds(value: float) -> str:
     return f"{value:g}"
 
 
-class ResponseHeadersMiddleware:
-    """HEAD on every GET route, and the headers every API response carries.
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
+_NO_STORE = (b"cache-control", b"no-store")
 
-    HEAD is served as GET with the body dropped (headers, Content-Length included,
-    stay those of the GET), so /metrics, /health and /docs answer it as well and the
-    OpenAPI document lists each route once. `Cache-Control: no-store` keeps payment
-    data out of shared caches; the docs' static assets may be cached.
+
+class ResponseEnvelopeMiddleware:
+    """What wraps every request, in one pass: HEAD, the request id, the caller context,
+    and the headers every response carries.
+
+    - HEAD is served as GET with the body dropped (headers, Content-Length included,
+      stay those of the GET), so /metrics, /health and /docs answer it as well and the
+      OpenAPI document lists each route once.
+    - The request id comes from `X-Request-ID` (or is made), is bound for logs and
+      outgoing calls while the request runs, and is echoed on the response. An
+      unhandled error is answered here, inside the request's context, so the 500
+      carries the request id; nothing about the error reaches the client.
+    - Every request starts with no caller and forgets it afterwards (in-process
+      callers, as tests over ASGITransport, run requests in one task; without this one
+      request's caller would still be bound during the next).
+    - Responses get the RateLimit-* headers from the quota the route's auth check left
+      in the scope state (routes return Response objects, so a dependency cannot add
+      them), then `X-Request-ID`, `X-Content-Type-Options: nosniff` and
+      `Cache-Control: no-store` (payment data stays out of shared caches; the docs'
+      static assets may be cached).
+
+    One middleware rather than four: each layer costs a call and a `send` wrapper per
+    message on every request.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -207,21 +230,59 @@ class ResponseHeadersMiddleware:
         if head:
             scope = dict(scope, method="GET")
         cacheable = scope.get("path", "").startswith(STATIC_PREFIX)
+        state = scope.setdefault("state", {})
+        request_id = request_id_of(scope)
+        raw_id = request_id.encode("latin-1")
+        started = False
 
-        async def send_with_headers(message: Message) -> None:
+        def finished(message: Message, quota: Quota | None) -> Message:
+            headers = list(message.get("headers", ()))
+            names = {name.lower() for name, _ in headers}
+            if quota is not None:
+                for name, value in quota.raw_headers():
+                    if name not in names:
+                        headers.append((name, value))
+            headers.append((b"x-request-id", raw_id))
+            if b"x-content-type-options" not in names:
+                headers.append(_NOSNIFF)
+            if not cacheable and b"cache-control" not in names:
+                headers.append(_NO_STORE)
+            return {**message, "headers": headers}
+
+        async def send_enveloped(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", ()))
-                names = {name.lower() for name, _ in headers}
-                if b"x-content-type-options" not in names:
-                    headers.append((b"x-content-type-options", b"nosniff"))
-                if not cacheable and b"cache-control" not in names:
-                    headers.append((b"cache-control", b"no-store"))
-                message = {**message, "headers": headers}
+                started = True
+                message = finished(message, state.get(QUOTA_STATE_KEY))
             elif head and message["type"] == "http.response.body":
                 message = {**message, "body": b""}
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        async def send_error(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = finished(message, None)
+            elif head and message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        id_token = bind_request_id(request_id)
+        try:
+            caller_token = set_caller(None)
+            try:
+                await self.app(scope, receive, send_enveloped)
+            finally:
+                reset_caller(caller_token)
+        except Exception:
+            logging.getLogger("payment_service.errors").exception(
+                "unhandled error", extra={"path": scope.get("path")}
+            )
+            if started:
+                raise
+            from payment_service.errors import internal_error_response
+
+            await internal_error_response(scope.get("path", ""))(scope, receive, send_error)
+        finally:
+            reset_request_id(id_token)
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):

@@ -264,7 +264,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
-        # Last resort (RequestIdMiddleware normally answers first, with the request id).
+        # Last resort (ResponseEnvelopeMiddleware normally answers first, with the request id).
         log.exception("unhandled error", extra={"path": request.url.path})
         return internal_error_response(request.url.path)
 

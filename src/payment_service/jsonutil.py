@@ -10,11 +10,16 @@ import simplejson
 from starlette.responses import JSONResponse
 
 
+def utc_timestamp(value: datetime) -> str:
+    """A datetime as `dumps` writes it: ISO 8601 in UTC with `Z` (naive means UTC)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def _default(value: Any) -> Any:
     if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return utc_timestamp(value)
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, Enum):

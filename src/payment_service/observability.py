@@ -7,16 +7,16 @@ and is forwarded to the Trip and Notification services through `current_request_
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
-import uuid
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any
 
 from opentelemetry import trace
 from prometheus_client import Counter, Gauge, Histogram
 from pythonjsonlogger.json import JsonFormatter
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -93,56 +93,25 @@ class RedactingJsonFormatter(JsonFormatter):
         return redact(super().format(record))
 
 
-class RequestIdMiddleware:
-    """Pure ASGI middleware: binds the request id for the request and echoes it back."""
+def request_id_of(scope: Scope) -> str:
+    """The caller's `X-Request-ID` when it is a sane token, else a new random id."""
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            incoming: str = value.decode("latin-1")
+            if _VALID_REQUEST_ID.match(incoming):
+                return incoming
+            break
+    # 32 hex digits, as uuid4().hex was, at a quarter of its cost.
+    return os.urandom(16).hex()
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        incoming = None
-        for name, value in scope.get("headers", ()):
-            if name == b"x-request-id":
-                incoming = value.decode("latin-1")
-                break
-        request_id = incoming if incoming and _VALID_REQUEST_ID.match(incoming) else None
-        request_id = request_id or uuid.uuid4().hex
-        token = _request_id.set(request_id)
-        raw_id = request_id.encode("latin-1")
+def bind_request_id(request_id: str) -> Token[str | None]:
+    """Make `request_id` the current one (`current_request_id`) until `reset_request_id`."""
+    return _request_id.set(request_id)
 
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", ()))
-                headers.append((b"x-request-id", raw_id))
-                message["headers"] = headers
-            await send(message)
 
-        started = False
-
-        async def send_tracking(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send_with_id(message)
-
-        try:
-            await self.app(scope, receive, send_tracking)
-        except Exception:
-            # Unhandled errors are answered here, inside the request's context, so the
-            # 500 carries the request id; nothing about the error reaches the client.
-            logging.getLogger("payment_service.errors").exception(
-                "unhandled error", extra={"path": scope.get("path")}
-            )
-            if started:
-                raise
-            from payment_service.errors import internal_error_response
-
-            await internal_error_response(scope.get("path", ""))(scope, receive, send_with_id)
-        finally:
-            _request_id.reset(token)
+def reset_request_id(token: Token[str | None]) -> None:
+    _request_id.reset(token)
 
 
 def mask_key(key: str) -> str:

@@ -24,7 +24,6 @@ from limits import RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from prometheus_client import Counter
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from payment_service.errors import PaymentServiceError
 from payment_service.settings import Settings
@@ -64,6 +63,11 @@ class Quota:
             "RateLimit-Remaining": str(self.remaining),
             "RateLimit-Reset": str(self.reset_seconds),
         }
+
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """`headers()` as ASGI header pairs (lower-case names), added to allowed responses
+        by `edge.ResponseEnvelopeMiddleware`."""
+        return [(name.lower().encode(), value.encode()) for name, value in self.headers().items()]
 
 
 def _storage(settings: Settings) -> Storage:
@@ -132,34 +136,3 @@ class RateLimiter:
 
 
 QUOTA_STATE_KEY = "rate_limit_quota"
-
-
-class RateLimitHeadersMiddleware:
-    """Adds RateLimit-* headers to allowed responses from the quota the auth check left.
-
-    Routes return Response objects themselves, so a dependency cannot add headers;
-    the check stores its quota in the request's scope state and this adds it on the way out.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        state = scope.setdefault("state", {})
-
-        async def send_with_quota(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                quota: Quota | None = state.get(QUOTA_STATE_KEY)
-                if quota is not None:
-                    headers = list(message.get("headers", ()))
-                    present = {name.lower() for name, _ in headers}
-                    for name, value in quota.headers().items():
-                        if name.lower().encode() not in present:
-                            headers.append((name.lower().encode(), value.encode()))
-                    message["headers"] = headers
-            await send(message)
-
-        await self.app(scope, receive, send_with_quota)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 
 from payment_service.api.routing import MoneyRoute
 from payment_service.auth.guard import RequireRead
-from payment_service.dependencies import ReadSessionDep
 from payment_service.errors import problem_responses
 from payment_service.jsonutil import MoneyJSONResponse
 from payment_service.repositories.payment import PaymentQuery
@@ -17,7 +16,7 @@ from payment_service.schemas.payment import (
     PaymentFilters,
     PaymentList,
     PaymentRead,
-    payment_dict,
+    payment_row_dict,
 )
 from payment_service.services import payments as payment_service
 
@@ -36,7 +35,7 @@ PaymentId = Annotated[int, Path(gt=0, le=MAX_ID, description="Payment id", examp
     responses=problem_responses(422, 500),
 )
 async def list_payments(
-    session: ReadSessionDep, filters: Annotated[PaymentFilters, Query()]
+    request: Request, filters: Annotated[PaymentFilters, Query()]
 ) -> MoneyJSONResponse:
     query = PaymentQuery(
         trip_id=filters.trip_id,
@@ -47,10 +46,10 @@ async def list_payments(
         limit=filters.limit,
         offset=filters.offset,
     )
-    rows, total = await payment_service.list_payments(session, query)
+    rows, total = await payment_service.search_payments(request.app.state.reads, query)
     return MoneyJSONResponse(
         {
-            "payments": [payment_dict(row) for row in rows],
+            "payments": [payment_row_dict(row) for row in rows],
             "count": len(rows),
             "total": total,
             "limit": filters.limit,
@@ -66,6 +65,6 @@ async def list_payments(
     summary="Get one payment",
     responses=problem_responses(404, 422, 500),
 )
-async def get_payment(session: ReadSessionDep, payment_id: PaymentId) -> MoneyJSONResponse:
-    payment = await payment_service.get_payment(session, payment_id)
-    return MoneyJSONResponse(payment_dict(payment))
+async def get_payment(request: Request, payment_id: PaymentId) -> MoneyJSONResponse:
+    row = await payment_service.read_payment(request.app.state.reads, payment_id)
+    return MoneyJSONResponse(payment_row_dict(row))

@@ -23,10 +23,8 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from starlette.types import ASGIApp, Receive, Send
-from starlette.types import Scope as ASGIScope
 
-from payment_service.auth.caller import DEFAULT_CALLER, Caller, reset_caller, set_caller
+from payment_service.auth.caller import DEFAULT_CALLER, Caller, set_caller
 from payment_service.auth.keys import KEY_PATTERN, mask
 from payment_service.auth.store import KeyStore
 from payment_service.errors import PROBLEM_SCHEMA, PaymentServiceError, ServiceUnavailableError
@@ -188,24 +186,3 @@ def document_scopes(router: APIRouter) -> None:
         note = f"Requires an API key with the `{scope}` scope."
         if note not in (route.description or ""):
             route.description = f"{route.description}\n\n{note}".strip()
-
-
-class CallerContextMiddleware:
-    """Starts every request with no caller and forgets it afterwards.
-
-    In-process callers (tests over ASGITransport) run requests in one task; without
-    this, one request's caller would still be bound during the next.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        token = set_caller(None)
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            reset_caller(token)

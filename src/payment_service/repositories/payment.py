@@ -12,6 +12,7 @@ from sqlalchemy import Integer, bindparam, case, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from payment_service.db import RawReads
 from payment_service.models import Payment, PaymentEvent, Receipt, Refund
 from payment_service.models.enums import PaymentStatus, RefundStatus
 from payment_service.models.payment import LIVE_TRIP_PREDICATE, TRIP_PAYMENT_KINDS
@@ -49,6 +50,50 @@ def _search_statements(present: tuple[str, ...]) -> tuple[Any, Any]:
     )
     count = select(func.count()).select_from(Payment).where(*conditions)
     return page, count
+
+
+# The read routes' SQL, run on asyncpg through `RawReads` (no ORM objects, no
+# transaction): the columns of a payment's JSON object, by their database names.
+_READ_COLUMNS = (
+    "id, trip_id, rider_id, driver_id, amount, currency, method, status, refunded_amount,"
+    " reference, created_at, updated_at, kind, parent_payment_id"
+)
+_READ_BY_ID = f"SELECT {_READ_COLUMNS} FROM payments WHERE id = $1"
+
+
+@cache
+def _search_sql(present: tuple[str, ...]) -> str:
+    """One page and the total matching the filters in one statement, for one combination
+    of filters (at most 32), built once. The count is the outer row, so an empty page
+    (an offset past the end) still says how many match: its one row has no payment."""
+    where = " AND ".join(f"{name} = ${n}" for n, name in enumerate(present, 1)) or "true"
+    limit, offset = len(present) + 1, len(present) + 2
+    return (
+        f"SELECT total.n AS total, page.* FROM"
+        f" (SELECT count(*) AS n FROM payments WHERE {where}) AS total"
+        f" LEFT JOIN LATERAL (SELECT {_READ_COLUMNS} FROM payments WHERE {where}"
+        f" ORDER BY created_at DESC, id DESC LIMIT ${limit} OFFSET ${offset}) AS page ON true"
+        " ORDER BY page.created_at DESC, page.id DESC"
+    )
+
+
+class PaymentReads:
+    """The read routes' queries: one round trip each, rows as asyncpg Records."""
+
+    def __init__(self, reads: RawReads) -> None:
+        self.reads = reads
+
+    async def by_id(self, payment_id: int) -> Any:
+        """The payment's row, or None."""
+        return await self.reads.fetchrow(_READ_BY_ID, payment_id)
+
+    async def search(self, query: PaymentQuery) -> tuple[list[Any], int]:
+        """One page, newest first (ties by id), plus the total matching the filters."""
+        present = tuple(name for name in _FILTERS if getattr(query, name) is not None)
+        args = [getattr(query, name) for name in present]
+        rows = await self.reads.fetch(_search_sql(present), *args, query.limit, query.offset)
+        total = rows[0]["total"] if rows else 0
+        return [row for row in rows if row["id"] is not None], total
 
 
 class PaymentRepository:

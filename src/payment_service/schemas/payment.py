@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from payment_service.jsonutil import utc_timestamp
 from payment_service.models import Payment
 from payment_service.models.enums import PaymentKind, PaymentMethod, PaymentStatus
 from payment_service.schemas.common import (
@@ -60,6 +62,27 @@ def payment_dict(payment: Payment) -> dict[str, Any]:
         "updated_at": payment.updated_at,
         "kind": payment.kind or PaymentKind.FARE.value,
         "parent_payment_id": payment.parent_payment_id,
+    }
+
+
+def payment_row_dict(row: Mapping[str, Any]) -> dict[str, Any]:
+    """`payment_dict` of a row read without the ORM (`PaymentReads`): the same JSON, with
+    the times already as the strings `jsonutil.dumps` writes (no `default` hook per time)."""
+    return {
+        "payment_id": row["id"],
+        "trip_id": row["trip_id"],
+        "rider_id": row["rider_id"],
+        "driver_id": row["driver_id"],
+        "amount": row["amount"],
+        "currency": row["currency"],
+        "method": row["method"],
+        "status": row["status"],
+        "refunded_amount": row["refunded_amount"],
+        "reference": row["reference"],
+        "created_at": utc_timestamp(row["created_at"]),
+        "updated_at": utc_timestamp(row["updated_at"]),
+        "kind": row["kind"] or PaymentKind.FARE.value,
+        "parent_payment_id": row["parent_payment_id"],
     }
 
 

@@ -7,9 +7,9 @@ import logging
 from dataclasses import dataclass
 from functools import lru_cache
 
-from sqlalchemy import text
-from sqlalchemy.exc import ProgrammingError
-from sqlalchemy.ext.asyncio import AsyncEngine
+import asyncpg
+
+from payment_service.db import RawReads
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +26,15 @@ class SchemaState:
     problem: str | None = None
 
 
-async def probe(engine: AsyncEngine, timeout: float = HEALTH_TIMEOUT_SECONDS) -> SchemaState:
+REVISION_SQL = "SELECT version_num FROM alembic_version"
+
+
+async def probe(reads: RawReads, timeout: float = HEALTH_TIMEOUT_SECONDS) -> SchemaState:
     """Reachability and Alembic revision from one query under one deadline."""
     try:
         async with asyncio.timeout(timeout):
-            async with engine.connect() as connection:
-                result = await connection.execute(text("SELECT version_num FROM alembic_version"))
-                return SchemaState(True, result.scalar_one_or_none())
-    except ProgrammingError:  # reachable, but no alembic_version table: not migrated
+            return SchemaState(True, await reads.fetchval(REVISION_SQL))
+    except asyncpg.UndefinedTableError:  # reachable, but no alembic_version table: not migrated
         return SchemaState(True, None)
     except TimeoutError:
         log.warning("database check timed out", extra={"timeout_seconds": timeout})
@@ -44,10 +45,10 @@ async def probe(engine: AsyncEngine, timeout: float = HEALTH_TIMEOUT_SECONDS) ->
 
 
 async def schema_state(
-    engine: AsyncEngine, timeout: float = HEALTH_TIMEOUT_SECONDS
+    reads: RawReads, timeout: float = HEALTH_TIMEOUT_SECONDS
 ) -> tuple[bool, str | None]:
     """(database reachable, Alembic revision or None) from one query under one deadline."""
-    state = await probe(engine, timeout)
+    state = await probe(reads, timeout)
     return state.up, state.revision
 
 
@@ -62,9 +63,9 @@ def not_ready_reason(state: SchemaState, head: str | None) -> str | None:
     return None
 
 
-async def database_is_up(engine: AsyncEngine, timeout: float = HEALTH_TIMEOUT_SECONDS) -> bool:
+async def database_is_up(reads: RawReads, timeout: float = HEALTH_TIMEOUT_SECONDS) -> bool:
     """Whether the database answers within `timeout` (the same single query as readiness)."""
-    up, _revision = await schema_state(engine, timeout)
+    up, _revision = await schema_state(reads, timeout)
     return up
 
 
