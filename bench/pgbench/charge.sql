@@ -122,7 +122,7 @@ WITH moved AS (
 	), event AS (
 	    INSERT INTO payment_events (payment_id, event_type, from_status, to_status, amount, data, actor)
 	    SELECT id, CAST(:event_type AS varchar), 'PROCESSING', CAST(:success AS varchar), amount,
-	           :event_data::JSONB, CAST(:actor AS varchar)
+	           CAST(:event_data AS jsonb), CAST(:actor AS varchar)
 	      FROM moved
 	 RETURNING id
 	), journal AS (
@@ -142,7 +142,7 @@ WITH moved AS (
 	 RETURNING id
 	), message AS (
 	    INSERT INTO notification_outbox (message_type, payment_id, payload, traceparent)
-	    SELECT CAST(:message_type AS varchar), id, :payload::JSONB,
+	    SELECT CAST(:message_type AS varchar), id, CAST(:payload AS jsonb),
 	           CAST(NULL AS varchar)
 	      FROM moved
 	 RETURNING id

@@ -7,7 +7,10 @@ Transactions are opened by the service layer (or the per-request unit of work in
 from __future__ import annotations
 
 import ipaddress
+import re
 import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import URL, event, exc
@@ -109,22 +112,6 @@ def create_engine(settings: Settings, url: URL) -> AsyncEngine:
     return engine
 
 
-def autocommit_engine(session_factory: SessionFactory) -> AsyncEngine:
-    """The factory's engine in AUTOCOMMIT, for work that is one statement.
-
-    A single statement is its own transaction in PostgreSQL, so wrapping it in
-    BEGIN/COMMIT only adds two round trips. Made once per engine.
-    """
-    engine = session_factory.kw["bind"]
-    options: AsyncEngine | None = _AUTOCOMMIT.get(engine)
-    if options is None:
-        options = _AUTOCOMMIT[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
-    return options
-
-
-_AUTOCOMMIT: weakref.WeakKeyDictionary[AsyncEngine, AsyncEngine] = weakref.WeakKeyDictionary()
-
-
 def create_session_factory(engine: AsyncEngine) -> SessionFactory:
     """Sessions that keep loaded objects usable after commit (no lazy reload round trips)."""
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
@@ -146,6 +133,7 @@ class RawReads:
     def __init__(self, engine: AsyncEngine, tracer: Any = None) -> None:
         self._engine = engine.sync_engine
         self._tracer = tracer
+        _RAW_BY_ENGINE[self._engine] = self  # the services find the app's (traced) one
 
     async def fetch(self, sql: str, *args: Any) -> list[Any]:
         """The rows (asyncpg Records) of `sql` with positional `$n` arguments."""
@@ -204,3 +192,41 @@ class RawReads:
             raise
         fairy.close()  # back to the pool (its reset is a no-op: no transaction was begun)
         return result
+
+
+_RAW_BY_ENGINE: weakref.WeakKeyDictionary[Any, RawReads] = weakref.WeakKeyDictionary()
+
+
+def raw_statements(session_factory: SessionFactory) -> RawReads:
+    """The RawReads on the factory's engine, for work that is one statement (a charge's
+    three transactions): the app's own, traced one, else one made here."""
+    engine: AsyncEngine = session_factory.kw["bind"]
+    found = _RAW_BY_ENGINE.get(engine.sync_engine)
+    return found if found is not None else RawReads(engine)
+
+
+@dataclass(frozen=True, slots=True)
+class Positional:
+    """SQL written with `:name` placeholders, as asyncpg takes it: `$n` and the names'
+    order (a name used twice keeps its number), so the SQL reads well where it lives."""
+
+    sql: str
+    names: tuple[str, ...]
+
+    @staticmethod
+    def of(sql: str) -> Positional:
+        names: list[str] = []
+
+        def number(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in names:
+                names.append(name)
+            return f"${names.index(name) + 1}"
+
+        return Positional(_NAMED.sub(number, sql), tuple(names))
+
+    def args(self, params: Mapping[str, Any]) -> list[Any]:
+        return [params[name] for name in self.names]
+
+
+_NAMED = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")

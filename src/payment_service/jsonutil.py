@@ -34,6 +34,12 @@ def dumps(content: Any) -> bytes:
     ).encode("utf-8")
 
 
+def json_text(content: Any) -> str:
+    """`dumps` as text: a JSONB parameter sent straight to asyncpg (the engine's jsonb codec
+    takes the document as a string, as SQLAlchemy's own JSONB binding hands it over)."""
+    return dumps(content).decode("utf-8")
+
+
 def loads(raw: str | bytes) -> Any:
     """Parse JSON keeping numbers with a fraction as Decimal."""
     return simplejson.loads(raw, use_decimal=True)

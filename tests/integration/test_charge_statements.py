@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from payment_service.db import RawReads
 from payment_service.repositories.charge_finish import finish_processing_charge
 from payment_service.repositories.charge_start import claim_charge, start_charge
 
@@ -24,43 +25,41 @@ TTL = timedelta(days=1)
 
 
 async def _claim(engine: AsyncEngine, trip_id: int, key: str, token: str) -> Any:
-    async with engine.execution_options(isolation_level="AUTOCOMMIT").connect() as connection:
-        return await claim_charge(
-            connection,
-            trip_id=trip_id,
-            operation="charge",
-            client_id="statements",
-            key=key,
-            fingerprint="f" * 64,
-            token=token,
-            lease=LEASE,
-            ttl=TTL,
-        )
+    return await claim_charge(
+        RawReads(engine),
+        trip_id=trip_id,
+        operation="charge",
+        client_id="statements",
+        key=key,
+        fingerprint="f" * 64,
+        token=token,
+        lease=LEASE,
+        ttl=TTL,
+    )
 
 
 async def _start(engine: AsyncEngine, trip_id: int, key_id: int, token: str) -> Any:
-    async with engine.execution_options(isolation_level="AUTOCOMMIT").connect() as connection:
-        return await start_charge(
-            connection,
-            key_id=key_id,
-            token=token,
-            event_type="CHARGE_STARTED",
-            event_data={"gateway": "test"},
-            actor="statements",
-            amount=Decimal("42.50"),
-            metadata={},
-            trip_id=trip_id,
-            rider_id=7,
-            driver_id=8,
-            currency="INR",
-            method="CARD",
-            status="PROCESSING",
-            reference=f"RHP-{trip_id}",
-            gateway_idempotency_key=f"payment-{uuid.uuid4()}",
-            kind="FARE",
-            commission_rate=Decimal("0.20"),
-            trip_snapshot={"trip_id": trip_id},
-        )
+    return await start_charge(
+        RawReads(engine),
+        key_id=key_id,
+        token=token,
+        event_type="CHARGE_STARTED",
+        event_data={"gateway": "test"},
+        actor="statements",
+        amount=Decimal("42.50"),
+        metadata={},
+        trip_id=trip_id,
+        rider_id=7,
+        driver_id=8,
+        currency="INR",
+        method="CARD",
+        status="PROCESSING",
+        reference=f"RHP-{trip_id}",
+        gateway_idempotency_key=f"payment-{uuid.uuid4()}",
+        kind="FARE",
+        commission_rate=Decimal("0.20"),
+        trip_snapshot={"trip_id": trip_id},
+    )
 
 
 async def _count(engine: AsyncEngine, sql: str, **params: object) -> int:
@@ -125,34 +124,32 @@ async def test_tx3_writes_everything_once_and_nothing_for_a_payment_already_move
     payment = (await _start(engine, trip_id, first.claimed_id, "t1")).payment
 
     async def finish(status: str) -> Any:
-        engine_ac = engine.execution_options(isolation_level="AUTOCOMMIT")
-        async with engine_ac.connect() as connection:
-            return await finish_processing_charge(
-                connection,
-                payment_id=payment.id,
-                status=status,
-                gateway_reference="pi_test",
-                failure_reason=None,
-                updated_at=datetime.now(UTC),
-                event_type=f"CHARGE_{status}",
-                event_data={"source": "test"},
-                actor="statements",
-                journal=(
-                    "CAPTURE",
-                    "fare captured",
-                    (
-                        ("processor:clearing", Decimal("42.50")),
-                        ("driver:8", Decimal("-34.00")),
-                        ("platform:commission", Decimal("-8.50")),
-                    ),
+        return await finish_processing_charge(
+            RawReads(engine),
+            payment_id=payment.id,
+            status=status,
+            gateway_reference="pi_test",
+            failure_reason=None,
+            updated_at=datetime.now(UTC),
+            event_type=f"CHARGE_{status}",
+            event_data={"source": "test"},
+            actor="statements",
+            journal=(
+                "CAPTURE",
+                "fare captured",
+                (
+                    ("processor:clearing", Decimal("42.50")),
+                    ("driver:8", Decimal("-34.00")),
+                    ("platform:commission", Decimal("-8.50")),
                 ),
-                message_type="payment",
-                payload={"payment_id": payment.id, "amount": "42.50"},
-                traceparent=None,
-                operation="charge",
-                status_code=201,
-                body='{"stored": true}',
-            )
+            ),
+            message_type="payment",
+            payload={"payment_id": payment.id, "amount": "42.50"},
+            traceparent=None,
+            operation="charge",
+            status_code=201,
+            body='{"stored": true}',
+        )
 
     done = await finish("SUCCESS")
     assert done.moved and done.journal_posted

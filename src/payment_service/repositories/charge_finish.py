@@ -11,12 +11,13 @@
                      WHERE payment_id = :id AND state = 'IN_PROGRESS' AND EXISTS (moved))
     SELECT count(*) of each
 
-Run alone (AUTOCOMMIT): one statement is one transaction, so the move, its event, its
-journal, its outbox message and the stored answer commit together or not at all, in one
-round trip instead of eleven (BEGIN, lock, move, event, journal, 3 lines, message, answer,
-COMMIT). The guarded UPDATE is the lock: a concurrent finisher (the reconciler, a webhook)
-waits for it, then finds the row no longer PROCESSING and moves nothing; when *it* came
-first, `moved = 0` here and nothing else is written (every other part reads `moved`).
+Sent alone (`RawReads`, no BEGIN/COMMIT), one statement is one transaction: the
+move, its event, its journal, its outbox message and the stored answer commit together
+or not at all, in one round trip instead of eleven (BEGIN, lock, move, event, journal,
+3 lines, message, answer, COMMIT). The guarded UPDATE is the lock: a concurrent finisher
+(the reconciler, a webhook) waits for it, then finds the row no longer PROCESSING and
+moves nothing; when *it* came first, `moved = 0` here and nothing else is written
+(every other part reads `moved`).
 The deferred ledger-balance trigger checks the lines when the statement commits.
 
 The caller computes the new row (it holds tx 2's), so the stored answer is rendered
@@ -30,11 +31,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import bindparam, text
-from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.ext.asyncio import AsyncConnection
+from payment_service.db import Positional, RawReads
+from payment_service.jsonutil import json_text
 
-_STATEMENT = text(
+_STATEMENT = Positional.of(
     """
 WITH moved AS (
     UPDATE payments
@@ -47,7 +47,7 @@ WITH moved AS (
 ), event AS (
     INSERT INTO payment_events (payment_id, event_type, from_status, to_status, amount, data, actor)
     SELECT id, CAST(:event_type AS varchar), 'PROCESSING', CAST(:status AS varchar), amount,
-           :event_data, CAST(:actor AS varchar)
+           CAST(:event_data AS jsonb), CAST(:actor AS varchar)
       FROM moved
  RETURNING id
 ), journal AS (
@@ -67,7 +67,7 @@ WITH moved AS (
  RETURNING id
 ), message AS (
     INSERT INTO notification_outbox (message_type, payment_id, payload, traceparent)
-    SELECT CAST(:message_type AS varchar), id, :payload,
+    SELECT CAST(:message_type AS varchar), id, CAST(:payload AS jsonb),
            CAST(:traceparent AS varchar)
       FROM moved
  RETURNING id
@@ -86,8 +86,7 @@ SELECT (SELECT count(*) FROM moved) AS moved,
        (SELECT count(*) FROM message) AS messages,
        (SELECT count(*) FROM answer) AS answers
 """
-    # Typed JSONB: the engine's JSON serialiser (exact decimals) writes them, cast ::JSONB.
-).bindparams(bindparam("event_data", type_=JSONB), bindparam("payload", type_=JSONB))
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +96,7 @@ class FinishedCharge:
 
 
 async def finish_processing_charge(
-    connection: AsyncConnection,
+    reads: RawReads,
     *,
     payment_id: int,
     status: str,
@@ -120,30 +119,26 @@ async def finish_processing_charge(
     `journal` is (entry type, description, lines) of the capture, None when none is posted.
     """
     entry_type, description, lines = journal if journal is not None else ("CAPTURE", None, ())
-    row = (
-        await connection.execute(
-            _STATEMENT,
-            {
-                "payment_id": payment_id,
-                "status": status,
-                "gateway_reference": gateway_reference,
-                "failure_reason": failure_reason,
-                "updated_at": updated_at,
-                "event_type": event_type,
-                "event_data": event_data,
-                "actor": actor,
-                "entry_type": entry_type,
-                "journal_description": description,
-                "post_journal": journal is not None,
-                "accounts": [account for account, _ in lines],
-                "amounts": [amount for _, amount in lines],
-                "message_type": message_type,
-                "payload": payload,
-                "traceparent": traceparent,
-                "operation": operation,
-                "status_code": status_code,
-                "body": body,
-            },
-        )
-    ).one()
-    return FinishedCharge(moved=row.moved == 1, journal_posted=row.journals == 1)
+    params = {
+        "payment_id": payment_id,
+        "status": status,
+        "gateway_reference": gateway_reference,
+        "failure_reason": failure_reason,
+        "updated_at": updated_at,
+        "event_type": event_type,
+        "event_data": json_text(event_data),
+        "actor": actor,
+        "entry_type": entry_type,
+        "journal_description": description,
+        "post_journal": journal is not None,
+        "accounts": [account for account, _ in lines],
+        "amounts": [amount for _, amount in lines],
+        "message_type": message_type,
+        "payload": json_text(payload),
+        "traceparent": traceparent,
+        "operation": operation,
+        "status_code": status_code,
+        "body": body,
+    }
+    row = await reads.fetchrow(_STATEMENT.sql, *_STATEMENT.args(params))
+    return FinishedCharge(moved=row["moved"] == 1, journal_posted=row["journals"] == 1)

@@ -1,4 +1,5 @@
-"""tx 1 and tx 2 of a charge, one statement each (both run in AUTOCOMMIT).
+"""tx 1 and tx 2 of a charge, one statement each, each its own transaction (`RawReads`:
+the pooled connection's asyncpg connection, no BEGIN/COMMIT).
 
 tx 2: the PROCESSING payment, its first event, the key bound to it:
 
@@ -41,8 +42,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB, insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 
+from payment_service.db import Positional, RawReads
+from payment_service.jsonutil import json_text
 from payment_service.models import IdempotencyKey, Payment, PaymentEvent
 from payment_service.models.payment import LIVE_TRIP_PREDICATE, Money
 from payment_service.repositories.idempotency import KeyRow
@@ -127,6 +130,13 @@ def _build() -> Any:
 
 
 _STATEMENT = _build()
+_COMPILED = _STATEMENT.compile(dialect=asyncpg_dialect())  # type: ignore[no-untyped-call]
+_SQL = str(_COMPILED)
+"""tx 2 as asyncpg takes it (`$n::TYPE` placeholders), compiled once at import."""
+_NAMES: tuple[str, ...] = tuple(_COMPILED.positiontup or ())
+# Binds with a value of their own (the event's literal NULL `from_status`).
+_DEFAULTS = {name: bind.value for name, bind in _COMPILED.binds.items() if not bind.required}
+_JSON_PARAMS = frozenset({"metadata", "trip_snapshot", "event_data"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +146,7 @@ class StartedCharge:
 
 
 async def start_charge(
-    connection: AsyncConnection,
+    reads: RawReads,
     *,
     key_id: int,
     token: str,
@@ -147,9 +157,10 @@ async def start_charge(
     metadata: dict[str, Any],
     **values: Any,
 ) -> StartedCharge | None:
-    """Insert the PROCESSING payment, its event and the key binding, in one statement (run it
-    in AUTOCOMMIT); None when nothing was written: a live twin, or our lease was lost."""
+    """Insert the PROCESSING payment, its event and the key binding, in one statement (its
+    own transaction); None when nothing was written: a live twin, or our lease was lost."""
     params = {
+        **_DEFAULTS,
         **values,
         "amount": amount,
         "metadata": metadata,
@@ -159,7 +170,8 @@ async def start_charge(
         "event_data": event_data,
         "actor": actor,
     }
-    row = (await connection.execute(_STATEMENT, params)).mappings().one_or_none()
+    args = [json_text(params[name]) if name in _JSON_PARAMS else params[name] for name in _NAMES]
+    row = await reads.fetchrow(_SQL, *args)
     if row is None:
         return None
     table = Payment.__table__
@@ -170,9 +182,9 @@ async def start_charge(
     return StartedCharge(payment, bound=row["bound"] == 1)
 
 
-# tx 1 in one statement (AUTOCOMMIT): claim the key unless the trip already has a live
-# payment, and read the key's row as it was before (a replay needs nothing else).
-_CLAIM = text(
+# tx 1 in one statement: claim the key unless the trip already has a live payment, and
+# read the key's row as it was before (a replay needs nothing else).
+_CLAIM = Positional.of(
     f"""
 WITH live AS (
     SELECT id, status FROM payments
@@ -214,7 +226,7 @@ class FirstClaim:
 
 
 async def claim_charge(
-    connection: AsyncConnection,
+    reads: RawReads,
     *,
     trip_id: int,
     operation: str,
@@ -230,9 +242,9 @@ async def claim_charge(
     `existing` is the key's row from before this statement (it cannot see the row it
     inserted itself), so a finished key's answer comes back in the same round trip.
     """
-    row = (
-        await connection.execute(
-            _CLAIM,
+    row = await reads.fetchrow(
+        _CLAIM.sql,
+        *_CLAIM.args(
             {
                 "trip_id": trip_id,
                 "operation": operation,
@@ -242,24 +254,24 @@ async def claim_charge(
                 "token": token,
                 "lease": lease,
                 "ttl": ttl,
-            },
-        )
-    ).one()
+            }
+        ),
+    )
     existing = (
         None
-        if row.id is None
+        if row["id"] is None
         else KeyRow(
-            id=row.id,
-            fingerprint=row.fingerprint,
-            state=row.state,
-            locked_until=row.locked_until,
-            expires_at=row.expires_at,
-            response_status=row.response_status,
-            response_body=row.response_body,
-            payment_id=row.payment_id,
-            refund_id=row.refund_id,
-            db_now=row.db_now,
+            id=row["id"],
+            fingerprint=row["fingerprint"],
+            state=row["state"],
+            locked_until=row["locked_until"],
+            expires_at=row["expires_at"],
+            response_status=row["response_status"],
+            response_body=row["response_body"],
+            payment_id=row["payment_id"],
+            refund_id=row["refund_id"],
+            db_now=row["db_now"],
         )
     )
-    live = None if row.live_id is None else (row.live_id, row.live_status)
-    return FirstClaim(row.claimed_id, live, existing)
+    live = None if row["live_id"] is None else (row["live_id"], row["live_status"])
+    return FirstClaim(row["claimed_id"], live, existing)

@@ -1,6 +1,6 @@
 """Charging a trip: where a charge is decided and where its transactions begin and end.
 
-Each transaction is one statement, run in AUTOCOMMIT (one round trip each):
+Each transaction is one statement, sent without BEGIN/COMMIT (one round trip each):
 
     tx 1  claim the key unless the trip is paid     (`repositories/charge_start.claim_charge`;
                                                      a finished key replays here, touching
@@ -43,7 +43,7 @@ from payment_service.clients.gateway import (
     PaymentGateway,
 )
 from payment_service.clients.trip import Trip, TripClient
-from payment_service.db import SessionFactory, autocommit_engine
+from payment_service.db import SessionFactory, raw_statements
 from payment_service.errors import ConflictError, UnprocessableError
 from payment_service.models import Payment
 from payment_service.models.enums import PaymentKind, PaymentMethod, PaymentStatus
@@ -171,18 +171,17 @@ class ChargeService:
         `Idempotency.claim`, which waits and takes over as it always did."""
         idempotency = self.idempotency
         token = str(uuid.uuid4())
-        async with autocommit_engine(self.session_factory).connect() as connection:
-            first = await claim_charge(
-                connection,
-                trip_id=trip_id,
-                operation=idempotency.operation,
-                client_id=idempotency.client_id,
-                key=key,
-                fingerprint=request_fingerprint,
-                token=token,
-                lease=idempotency.lease,
-                ttl=idempotency.ttl,
-            )
+        first = await claim_charge(
+            raw_statements(self.session_factory),
+            trip_id=trip_id,
+            operation=idempotency.operation,
+            client_id=idempotency.client_id,
+            key=key,
+            fingerprint=request_fingerprint,
+            token=token,
+            lease=idempotency.lease,
+            ttl=idempotency.ttl,
+        )
         if first.claimed_id is not None:
             return Claim(first.claimed_id, token)
         stored = idempotency.replay_of(first.existing, request_fingerprint)
@@ -211,29 +210,28 @@ class ChargeService:
             except FareUnavailableError as exc:
                 raise UnprocessableError(f"Cannot price the trip: {exc}.") from None
             kind = PaymentKind.FARE
-        async with autocommit_engine(self.session_factory).connect() as connection:
-            # One statement: the payment, its CHARGE_STARTED event, the key bound to it.
-            started = await start_charge(
-                connection,
-                key_id=claim.key_id,
-                token=claim.token,
-                event_type="CHARGE_STARTED",
-                event_data={"gateway": self.gateway.name, "kind": kind.value},
-                actor=current_actor(),
-                amount=amount,
-                metadata=request.metadata or {},
-                trip_id=trip.trip_id,
-                rider_id=trip.rider_id,
-                driver_id=trip.driver_id,
-                currency=self.settings.currency,
-                method=request.method.value,
-                status=PaymentStatus.PROCESSING.value,
-                reference=new_reference(),
-                gateway_idempotency_key=new_gateway_key(),
-                kind=kind.value,
-                commission_rate=self.settings.platform_commission_rate,
-                trip_snapshot=trip.snapshot(),
-            )
+        # One statement: the payment, its CHARGE_STARTED event, the key bound to it.
+        started = await start_charge(
+            raw_statements(self.session_factory),
+            key_id=claim.key_id,
+            token=claim.token,
+            event_type="CHARGE_STARTED",
+            event_data={"gateway": self.gateway.name, "kind": kind.value},
+            actor=current_actor(),
+            amount=amount,
+            metadata=request.metadata or {},
+            trip_id=trip.trip_id,
+            rider_id=trip.rider_id,
+            driver_id=trip.driver_id,
+            currency=self.settings.currency,
+            method=request.method.value,
+            status=PaymentStatus.PROCESSING.value,
+            reference=new_reference(),
+            gateway_idempotency_key=new_gateway_key(),
+            kind=kind.value,
+            commission_rate=self.settings.platform_commission_rate,
+            trip_snapshot=trip.snapshot(),
+        )
         if started is None:  # nothing written: a live twin won the race, or we lost the lease
             async with self.session_factory() as session:
                 live = await PaymentRepository(session).find_live_for_trip(trip.trip_id)
@@ -258,7 +256,7 @@ class ChargeService:
                 await self.idempotency.end_lease(self.session_factory, claim)
                 raise
             held = await finish_held_charge(
-                autocommit_engine(self.session_factory), payment, result, source=source
+                raw_statements(self.session_factory), payment, result, source=source
             )
             if held is not None:
                 payment, answer = held

@@ -16,10 +16,11 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from payment_service.auth.caller import current_actor
 from payment_service.clients.gateway import ChargeResult, RefundResult
+from payment_service.db import RawReads
 from payment_service.errors import PROBLEM_BASE
 from payment_service.jsonutil import dumps
 from payment_service.models import Payment, Refund
@@ -140,12 +141,12 @@ async def finish_charge(
 
 
 async def finish_held_charge(
-    engine: AsyncEngine, payment: Payment, result: ChargeResult, *, source: str
+    reads: RawReads, payment: Payment, result: ChargeResult, *, source: str
 ) -> tuple[Payment, Answer] | None:
     """`finish_charge` in one statement, for the caller holding tx 2's PROCESSING row.
 
     The new row, the answer and the journal are computed here from that row, then
-    written in one AUTOCOMMIT statement (`repositories/charge_finish.py`): (the moved
+    written in one statement, its own transaction (`repositories/charge_finish.py`): (the moved
     payment, its answer). None when another finisher moved the payment first:
     `finish_charge` then reads what that one recorded.
     """
@@ -162,25 +163,24 @@ async def finish_held_charge(
     draft = capture_journal(moved) if target == PaymentStatus.SUCCESS.value else None
     message = payment_message(moved)
     answer = charge_answer(moved, result.message)
-    async with engine.connect() as connection:
-        finished = await finish_processing_charge(
-            connection,
-            payment_id=payment.id,
-            status=target,
-            gateway_reference=result.gateway_reference,
-            failure_reason=result.failure_reason,
-            updated_at=moved.updated_at,
-            event_type=f"CHARGE_{target}",
-            event_data=_charge_event_data(moved, result, source),
-            actor=_actor(source) or current_actor(),
-            journal=None if draft is None else (draft.entry_type, draft.description, draft.lines),
-            message_type=message["type"],
-            payload=message,
-            traceparent=current_traceparent(),
-            operation=KIND_OPERATIONS.get(moved.kind, "charge"),
-            status_code=answer.status_code,
-            body=answer.body.decode("utf-8"),
-        )
+    finished = await finish_processing_charge(
+        reads,
+        payment_id=payment.id,
+        status=target,
+        gateway_reference=result.gateway_reference,
+        failure_reason=result.failure_reason,
+        updated_at=moved.updated_at,
+        event_type=f"CHARGE_{target}",
+        event_data=_charge_event_data(moved, result, source),
+        actor=_actor(source) or current_actor(),
+        journal=None if draft is None else (draft.entry_type, draft.description, draft.lines),
+        message_type=message["type"],
+        payload=message,
+        traceparent=current_traceparent(),
+        operation=KIND_OPERATIONS.get(moved.kind, "charge"),
+        status_code=answer.status_code,
+        body=answer.body.decode("utf-8"),
+    )
     if not finished.moved:
         return None
     if finished.journal_posted and draft is not None:
