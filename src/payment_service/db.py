@@ -164,6 +164,17 @@ class RawReads:
         return await greenlet_spawn(self._borrow_and_run, method, sql, args)
 
     def _borrow_and_run(self, method: str, sql: str, args: tuple[Any, ...]) -> Any:
+        import asyncpg
+
+        try:
+            return self._borrow_and_run_once(method, sql, args)
+        except asyncpg.InternalClientError:
+            # The pooled connection was not idle: PostgreSQL, shutting down, sent it an
+            # error while it sat in the pool, and asyncpg refused to start the statement
+            # ("another operation is in progress"). Nothing was sent, so once on another.
+            return self._borrow_and_run_once(method, sql, args)
+
+    def _borrow_and_run_once(self, method: str, sql: str, args: tuple[Any, ...]) -> Any:
         dialect = self._engine.dialect
         try:
             fairy = self._engine.raw_connection()
@@ -182,16 +193,30 @@ class RawReads:
         try:
             result = await_(getattr(connection, method)(sql, *args))
         except BaseException as error:
-            if not isinstance(error, Exception) or connection.is_closed():
-                # Cancelled (a deadline) mid-statement, or the connection is gone:
-                # nobody can know its state, so the pool drops it rather than reuse it.
+            if _answered_by_the_server(error) and not connection.is_closed():
+                fairy.close()  # e.g. a constraint or a trigger refused it: the link is fine
+            else:
+                # Cancelled mid-statement (a deadline), a broken socket, a server going
+                # away: nobody can know the protocol's state (asyncpg would refuse the next
+                # statement, "another operation is in progress"), so the pool drops it.
                 connection.terminate()
                 fairy.invalidate()
-            else:  # an error the server answered: the connection is fine
-                fairy.close()
             raise
         fairy.close()  # back to the pool (its reset is a no-op: no transaction was begun)
         return result
+
+
+def _answered_by_the_server(error: BaseException) -> bool:
+    """An error PostgreSQL sent as the statement's answer, on a connection that goes on."""
+    import asyncpg
+
+    gone = (
+        asyncpg.PostgresConnectionError,
+        asyncpg.AdminShutdownError,
+        asyncpg.CrashShutdownError,
+        asyncpg.CannotConnectNowError,
+    )
+    return isinstance(error, asyncpg.PostgresError) and not isinstance(error, gone)
 
 
 _RAW_BY_ENGINE: weakref.WeakKeyDictionary[Any, RawReads] = weakref.WeakKeyDictionary()

@@ -106,6 +106,7 @@ def is_database_unavailable(exc: BaseException) -> bool:
             | asyncpg.AdminShutdownError
             | asyncpg.CrashShutdownError
             | asyncpg.InterfaceError
+            | asyncpg.InternalClientError  # a pooled connection the server's exit left busy
             | asyncpg.ConnectionFailureError,
         ):
             return True
