@@ -1,4 +1,4 @@
-"""Graceful stop for the long-running commands (dev, worker, sandbox)."""
+"""Graceful stop for the long-running commands (dev, worker; the sandbox keeps its own copy)."""
 
 from __future__ import annotations
 
