@@ -88,9 +88,6 @@ def create_app(
                 tracing.instrument_engine(engine, provider)
             app.state.engine = engine
             app.state.session_factory = create_session_factory(engine)
-            # Reads of one statement need no BEGIN/COMMIT around them (health, GETs).
-            app.state.read_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
-            app.state.read_session_factory = create_session_factory(app.state.read_engine)
             # The hot reads (health, GET payments) run on asyncpg, through this pool.
             app.state.reads = RawReads(
                 engine,

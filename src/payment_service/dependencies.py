@@ -40,17 +40,6 @@ async def unit_of_work(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-async def read_only(request: Request) -> AsyncIterator[AsyncSession]:
-    """A session for routes that only read: autocommit, so no BEGIN/COMMIT round trips.
-
-    Each statement sees its own snapshot, exactly as in a READ COMMITTED transaction
-    (PostgreSQL's default, which `unit_of_work` uses), so nothing a read sees changes;
-    a route on this session must not write.
-    """
-    async with request.app.state.read_session_factory() as session:
-        yield session
-
-
 async def get_trip_client(request: Request) -> TripClient:
     return request.app.state.trip_client
 
@@ -61,7 +50,6 @@ async def get_gateway(request: Request) -> PaymentGateway:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[AsyncSession, Depends(unit_of_work, scope="function")]
-ReadSessionDep = Annotated[AsyncSession, Depends(read_only)]
 SessionFactoryDep = Annotated[SessionFactory, Depends(get_session_factory)]
 TripClientDep = Annotated["TripClient", Depends(get_trip_client)]
 GatewayDep = Annotated["PaymentGateway", Depends(get_gateway)]

@@ -81,7 +81,7 @@ class Payment(Base):
             name="parent_matches_kind",
         ),
         # One live FARE or CANCELLATION_FEE per trip; tips and adjustments come on top
-        # (migration 0008). `insert_unless_trip_paid` names this predicate exactly.
+        # (migration 0008). `charge_start.start_charge` names this predicate exactly.
         Index(
             "uq_payments_live_trip",
             "trip_id",

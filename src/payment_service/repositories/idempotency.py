@@ -112,24 +112,6 @@ class IdempotencyRepository:
             update(IdempotencyKey).where(IdempotencyKey.id == key_id).values(**values)
         )
 
-    async def complete(
-        self, key_id: int, token: str, *, status: int, body: str, payment_id: int | None
-    ) -> bool:
-        """Store the answer; False when our lease was taken over meanwhile."""
-        result = await self.session.execute(
-            update(IdempotencyKey)
-            .where(IdempotencyKey.id == key_id, IdempotencyKey.lease_token == token)
-            .values(
-                state=IdempotencyState.COMPLETED.value,
-                response_status=status,
-                response_body=body,
-                payment_id=payment_id,
-                lease_token=None,
-                locked_until=None,
-            )
-        )
-        return result.rowcount == 1  # type: ignore[attr-defined]
-
     async def bind(
         self, key_id: int, token: str, *, payment_id: int, refund_id: int | None = None
     ) -> bool:

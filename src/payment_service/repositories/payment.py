@@ -8,14 +8,14 @@ from decimal import Decimal
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, case, func, select, text, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from payment_service.db import RawReads
 from payment_service.models import Payment, PaymentEvent, Receipt, Refund
 from payment_service.models.enums import PaymentStatus, RefundStatus
-from payment_service.models.payment import LIVE_TRIP_PREDICATE, TRIP_PAYMENT_KINDS
+from payment_service.models.payment import TRIP_PAYMENT_KINDS
 
 UNSETTLED = (PaymentStatus.PROCESSING.value, PaymentStatus.PENDING.value)
 
@@ -32,25 +32,6 @@ class PaymentQuery:
 
 
 _FILTERS = ("trip_id", "status", "method", "rider_id", "driver_id")
-_BY_ID = select(Payment).where(Payment.id == bindparam("payment_id"))
-"""Built once: executing the same statement object reuses its memoised cache key."""
-
-
-@cache
-def _search_statements(present: tuple[str, ...]) -> tuple[Any, Any]:
-    """The page and count statements for one combination of filters (at most 32), once."""
-    columns = Payment.__table__.c
-    conditions = [columns[name] == bindparam(name) for name in present]
-    page = (
-        select(Payment)
-        .where(*conditions)
-        .order_by(Payment.created_at.desc(), Payment.id.desc())
-        .limit(bindparam("limit", type_=Integer))
-        .offset(bindparam("offset", type_=Integer))
-    )
-    count = select(func.count()).select_from(Payment).where(*conditions)
-    return page, count
-
 
 # The read routes' SQL, run on asyncpg through `RawReads` (no ORM objects, no
 # transaction): the columns of a payment's JSON object, by their database names.
@@ -105,12 +86,6 @@ class PaymentRepository:
     async def get(self, payment_id: int) -> Payment | None:
         return await self.session.get(Payment, payment_id)
 
-    async def read(self, payment_id: int) -> Payment | None:
-        """One SELECT by id from a statement built once (for read-only requests; `get`
-        keeps the session's identity map for the services that write)."""
-        result = await self.session.execute(_BY_ID, {"payment_id": payment_id})
-        return result.scalar_one_or_none()
-
     async def get_many(self, payment_ids: set[int]) -> dict[int, Payment]:
         """Payments by id, in one query."""
         if not payment_ids:
@@ -142,21 +117,6 @@ class PaymentRepository:
             )
         ).one_or_none()
         return (row.id, row.status) if row else None
-
-    async def insert_unless_trip_paid(self, **values: Any) -> Payment | None:
-        """INSERT .. ON CONFLICT DO NOTHING against `uq_payments_live_trip`.
-
-        None means another live payment for the trip won the race.
-        """
-        statement = (
-            insert(Payment)
-            .values(**values)
-            .on_conflict_do_nothing(
-                index_elements=[Payment.trip_id], index_where=text(LIVE_TRIP_PREDICATE)
-            )
-            .returning(Payment)
-        )
-        return (await self.session.execute(statement)).scalar_one_or_none()
 
     async def append_event(
         self,
@@ -350,21 +310,6 @@ class PaymentRepository:
             .execution_options(synchronize_session=False, populate_existing=True)
         )
         return list((await self.session.execute(statement)).scalars().all())
-
-    async def search(self, query: PaymentQuery) -> tuple[Sequence[Payment], int]:
-        """One page, newest first (ties by id), plus the total matching the filters."""
-        filters = {name: getattr(query, name) for name in _FILTERS}
-        params = {name: value for name, value in filters.items() if value is not None}
-        page_statement, count_statement = _search_statements(tuple(params))
-        page = await self.session.execute(
-            page_statement, {**params, "limit": query.limit, "offset": query.offset}
-        )
-        rows = page.scalars().all()
-        if query.offset == 0 and len(rows) < query.limit:
-            total = len(rows)
-        else:
-            total = await self.session.scalar(count_statement, params) or 0
-        return rows, total
 
     async def refunds_of(self, payment_id: int) -> Sequence[Refund]:
         result = await self.session.execute(

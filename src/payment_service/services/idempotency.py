@@ -223,26 +223,6 @@ class Idempotency:
             headers={"Retry-After": "1"},
         )
 
-    async def complete(
-        self,
-        session: AsyncSession,
-        claim: Claim,
-        *,
-        status_code: int,
-        body: bytes,
-        payment_id: int | None,
-    ) -> None:
-        """Store the answer in the caller's transaction (the one that did the work)."""
-        stored = await IdempotencyRepository(session).complete(
-            claim.key_id,
-            claim.token,
-            status=status_code,
-            body=body.decode("utf-8"),
-            payment_id=payment_id,
-        )
-        if not stored:
-            raise self.lease_lost()
-
     async def bind(
         self, session: AsyncSession, claim: Claim, *, payment_id: int, refund_id: int | None = None
     ) -> None:
