@@ -156,7 +156,7 @@ class ChargeService:
         try:
             payment = await self._create_payment(request, claimed)
         except BaseException:
-            # Nothing was recorded (tx 2 rolled back or never ran): the key may be reused.
+            # Nothing was recorded (tx 2 wrote nothing or never ran): the key may be reused.
             await self.idempotency.release(self.session_factory, claimed)
             raise
         # From here on the key stays bound to the payment, whatever happens.
@@ -165,7 +165,7 @@ class ChargeService:
     async def _claim(
         self, trip_id: int, key: str, request_fingerprint: str
     ) -> Claim | StoredResponse:
-        """tx 1. One AUTOCOMMIT statement settles the usual cases: a fresh key for an unpaid
+        """tx 1. One statement settles the usual cases: a fresh key for an unpaid
         trip (claimed), a finished key (its answer), a paid trip with a new key (409).
         The rest (a twin in flight, an expired lease, a bound key to resume) takes
         `Idempotency.claim`, which waits and takes over as it always did."""
