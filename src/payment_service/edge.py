@@ -272,15 +272,16 @@ class ResponseEnvelopeMiddleware:
                 await self.app(scope, receive, send_enveloped)
             finally:
                 reset_caller(caller_token)
-        except Exception:
-            logging.getLogger("payment_service.errors").exception(
-                "unhandled error", extra={"path": scope.get("path")}
-            )
+        except Exception as error:
             if started:
+                logging.getLogger("payment_service.errors").exception(
+                    "unhandled error", extra={"path": scope.get("path")}
+                )
                 raise
-            from payment_service.errors import internal_error_response
+            from payment_service.errors import last_resort_response
 
-            await internal_error_response(scope.get("path", ""))(scope, receive, send_error)
+            response = last_resort_response(error, scope.get("path", ""))
+            await response(scope, receive, send_error)
         finally:
             reset_request_id(id_token)
 

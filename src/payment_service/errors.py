@@ -245,32 +245,43 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     async def _database(request: Request, exc: Exception) -> Response:
-        if not is_database_unavailable(exc):
-            log.exception("unhandled error", extra={"path": request.url.path})
-            return internal_error_response(request.url.path)
-        log.warning(
-            "database unavailable",
-            extra={"path": request.url.path, "error": type(exc).__name__},
-        )
-        return database_unavailable_response(request.url.path)
+        return last_resort_response(exc, request.url.path)
 
     # Handled here rather than by the last-resort handler: these are outages (503), and
     # an answer from here is final (no traceback with SQL re-raised to the server log).
     import asyncpg
     from sqlalchemy.exc import SQLAlchemyError
 
-    for exc_class in (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+    # InternalClientError derives from Exception alone (not PostgresError/InterfaceError):
+    # a pooled connection PostgreSQL's exit left busy raises it, an outage like the rest.
+    for exc_class in (
+        SQLAlchemyError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        asyncpg.InternalClientError,
+        OSError,
+        TimeoutError,
+    ):
         app.add_exception_handler(exc_class, _database)
-    app.add_exception_handler(TimeoutError, _database)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
-        # Last resort (ResponseEnvelopeMiddleware normally answers first, with the request id).
-        log.exception("unhandled error", extra={"path": request.url.path})
-        return internal_error_response(request.url.path)
+        # Last resort (ResponseEnvelopeMiddleware normally answers first, with the request
+        # id). An outage wrapped in another error (its cause) is still a 503.
+        return last_resort_response(exc, request.url.path)
 
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def last_resort_response(exc: BaseException, path: str) -> Response:
+    """The answer for an error no domain handler took: 503 with Retry-After for a
+    database outage (whatever wraps it), else a logged 500."""
+    if not is_database_unavailable(exc):
+        log.exception("unhandled error", extra={"path": path})
+        return internal_error_response(path)
+    log.warning("database unavailable", extra={"path": path, "error": type(exc).__name__})
+    return database_unavailable_response(path)
 
 
 def allowed_methods(request: Request) -> list[str]:

@@ -279,6 +279,23 @@ async def exploding_app(settings: Settings) -> FastAPI:
     async def explode() -> None:
         raise RuntimeError("SELECT card_number FROM secrets -- internal detail")
 
+    @application.get("/test-only/busy-connection", include_in_schema=False)
+    async def busy_connection() -> None:
+        # What a pooled connection PostgreSQL's exit left mid-protocol raises (a raw
+        # asyncpg error that derives from Exception alone): a CI run answered it 500.
+        import asyncpg
+
+        raise asyncpg.InternalClientError("another operation is in progress")
+
+    @application.get("/test-only/wrapped-outage", include_in_schema=False)
+    async def wrapped_outage() -> None:
+        import asyncpg
+
+        try:
+            raise asyncpg.ConnectionDoesNotExistError("closed in the middle of operation")
+        except asyncpg.PostgresError as error:
+            raise RuntimeError("while recording") from error
+
     return application
 
 
@@ -295,6 +312,21 @@ async def test_unexpected_exception_is_a_500_problem_without_internals(
         assert leak not in response.text
     logged = [r for r in caplog.records if r.exc_info and r.exc_info[0] is RuntimeError]
     assert logged, "the exception is logged server-side, with its traceback"
+
+
+@pytest.mark.parametrize("path", ["/test-only/busy-connection", "/test-only/wrapped-outage"])
+async def test_a_database_outage_however_raised_is_a_503_never_a_500(
+    settings: Settings, exploding_app: FastAPI, path: str
+) -> None:
+    """A raw asyncpg error outside PostgresError/InterfaceError, or an outage wrapped in
+    another exception, is the outage's 503 with Retry-After, not the last resort's 500."""
+    async with serving(settings, exploding_app) as http:
+        response = await http.get(path, headers={"X-Request-ID": "outage-1"})
+
+    problem = assert_problem(response, 503)
+    assert response.headers["retry-after"]
+    assert response.headers.get("x-request-id") == "outage-1"
+    assert "in progress" not in response.text and "closed" not in problem.get("detail", "")
 
 
 async def test_unexpected_exception_still_returns_the_request_id(
