@@ -200,7 +200,13 @@ class RawReads:
                 # away: nobody can know the protocol's state (asyncpg would refuse the next
                 # statement, "another operation is in progress"), so the pool drops it.
                 connection.terminate()
-                fairy.invalidate()
+                if _server_went_away(error):
+                    # As SQLAlchemy does on a disconnect: the pool's other connections date
+                    # from the same server and are recycled at their next checkout, so one
+                    # restart costs one failed statement, not one per pooled connection.
+                    self._engine.pool._invalidate(fairy, error)
+                else:
+                    fairy.invalidate()
             raise
         fairy.close()  # back to the pool (its reset is a no-op: no transaction was begun)
         return result
@@ -217,6 +223,13 @@ def _answered_by_the_server(error: BaseException) -> bool:
         asyncpg.CannotConnectNowError,
     )
     return isinstance(error, asyncpg.PostgresError) and not isinstance(error, gone)
+
+
+def _server_went_away(error: BaseException) -> bool:
+    """A lost link or a server shutting down, as opposed to a cancelled statement."""
+    from payment_service.errors import is_database_unavailable
+
+    return isinstance(error, Exception) and is_database_unavailable(error)
 
 
 _RAW_BY_ENGINE: weakref.WeakKeyDictionary[Any, RawReads] = weakref.WeakKeyDictionary()
