@@ -1,14 +1,15 @@
-"""The shared shape of our HTTP peers' clients: one httpx client per app, explicit limits.
+"""The shared shape of our HTTP peers' clients: one httpx transport per app, explicit limits.
 
 Unless a test passes a transport of its own, requests go through aiohttp
 (`httpx-aiohttp`: the same httpx API and exceptions). A request through it costs about
 a quarter of httpcore's CPU (measured: a notification POST 2.0 -> 0.5 ms, a Trip GET
 about 1.0 -> 0.5 ms). httpx's tracing instrumentation patches httpcore's transport class
-only, so a client on aiohttp is instrumented on its own when a tracer provider is given.
+only, so a transport on aiohttp is wrapped on its own when a tracer provider is given.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
@@ -46,10 +47,17 @@ def is_refused(exc: BaseException) -> bool:
 
 
 class PeerClient:
-    """Async context manager owning one `httpx.AsyncClient` for a peer service.
+    """Async context manager owning the httpx transport to one peer service.
 
     Created in the lifespan (never at import time); tests pass a `transport` to
     talk to an in-process app, or point the base URL at a real server on loopback.
+
+    Requests go straight to the transport as `httpx.Request`s (`request`): what
+    `httpx.AsyncClient.send` adds on top (auth and redirect handling, a cookie jar,
+    URL merging, event hooks) serves no purpose towards our peers and cost 240 µs of
+    CPU per call, more than the aiohttp transport itself (measured: a Trip GET 0.63 ->
+    0.39 ms). With a tracer provider the transport is wrapped in OpenTelemetry's
+    httpx transport, which makes the client span and injects `traceparent`.
     """
 
     def __init__(
@@ -66,34 +74,54 @@ class PeerClient:
             max_connections=max_connections,
             max_keepalive_connections=max(1, max_connections // 5),
         )
-        self._own_transport = transport is None
+        self._given_transport = transport
         self._tracer_provider = tracer_provider
-        self._config = {
-            "base_url": base_url,
-            "timeout": httpx.Timeout(timeout, connect=min(timeout, connect_timeout)),
-            "limits": self._limits,
-            "transport": transport,
-            "headers": {"Accept": "application/json", "User-Agent": "payment-service"},
+        self._base_url = httpx.URL(base_url.rstrip("/"))
+        self._base_path = self._base_url.raw_path.rstrip(b"/")
+        self._extensions = {
+            "timeout": httpx.Timeout(timeout, connect=min(timeout, connect_timeout)).as_dict()
         }
-        self._http: httpx.AsyncClient | None = None
+        self._headers = {"Accept": "application/json", "User-Agent": "payment-service"}
+        self._transport: httpx.AsyncBaseTransport | None = None
 
-    @property
-    def http(self) -> httpx.AsyncClient:
-        if self._http is None:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+    ) -> httpx.Response:
+        """`method path` (relative to the base URL), its body read; raises httpx's errors."""
+        if self._transport is None:
             raise RuntimeError(f"{type(self).__name__} used outside its `async with` block")
-        return self._http
+        request = httpx.Request(
+            method,
+            self._base_url.copy_with(raw_path=self._base_path + path.encode("ascii")),
+            headers={**self._headers, **headers} if headers else self._headers,
+            content=content,
+            extensions=self._extensions,
+        )
+        response = await self._transport.handle_async_request(request)
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        return response
 
     async def __aenter__(self) -> Self:
-        if self._own_transport:
-            # A new one each time: closing the client closes its aiohttp session for good.
-            self._config["transport"] = AiohttpTransport(limits=self._limits)
-        self._http = httpx.AsyncClient(**self._config)  # type: ignore[arg-type]
-        if self._own_transport and self._tracer_provider is not None:
-            from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+        if self._given_transport is not None:
+            self._transport = self._given_transport
+            return self
+        # A new one each time: closing it closes its aiohttp session for good.
+        transport: httpx.AsyncBaseTransport = AiohttpTransport(limits=self._limits)
+        if self._tracer_provider is not None:
+            from opentelemetry.instrumentation.httpx import AsyncOpenTelemetryTransport
 
-            HTTPXClientInstrumentor.instrument_client(
-                self._http, tracer_provider=self._tracer_provider
+            transport = AsyncOpenTelemetryTransport(
+                transport, tracer_provider=self._tracer_provider
             )
+        self._transport = transport
         return self
 
     async def __aexit__(
@@ -102,6 +130,7 @@ class PeerClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
+        if self._transport is not None:
+            if self._given_transport is None:
+                await self._transport.aclose()
+            self._transport = None

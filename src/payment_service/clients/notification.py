@@ -111,7 +111,9 @@ class NotificationClient(PeerClient):
         headers = self.headers(event_id, body, request_id)
         try:
             async with asyncio.timeout(timeout):
-                response = await self.http.post(NOTIFICATIONS_PATH, content=body, headers=headers)
+                response = await self.request(
+                    "POST", NOTIFICATIONS_PATH, content=body, headers=headers
+                )
         except (TimeoutError, httpx.HTTPError, aiohttp.ClientError) as exc:
             raise _delivery_error(exc, timeout) from None
         if not response.is_success:

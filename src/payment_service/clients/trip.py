@@ -178,7 +178,7 @@ class TripClient(PeerClient):
         try:
             async for attempt in retrying:
                 with attempt:
-                    response = await self.http.get(f"/v1/trips/{trip_id}", headers=headers)
+                    response = await self.request("GET", f"/v1/trips/{trip_id}", headers=headers)
                     if response.status_code >= 500:
                         raise _RetryableStatus(response.status_code)
         except _RetryableStatus as exc:
