@@ -76,8 +76,8 @@ class PeerClient:
         )
         self._given_transport = transport
         self._tracer_provider = tracer_provider
-        self._base_url = httpx.URL(base_url.rstrip("/"))
-        self._base_path = self._base_url.raw_path.rstrip(b"/")
+        # A string: httpx parses a URL string in half the time of URL.copy_with.
+        self._base_url = str(httpx.URL(base_url)).rstrip("/")
         self._extensions = {
             "timeout": httpx.Timeout(timeout, connect=min(timeout, connect_timeout)).as_dict()
         }
@@ -97,7 +97,7 @@ class PeerClient:
             raise RuntimeError(f"{type(self).__name__} used outside its `async with` block")
         request = httpx.Request(
             method,
-            self._base_url.copy_with(raw_path=self._base_path + path.encode("ascii")),
+            self._base_url + path,
             headers={**self._headers, **headers} if headers else self._headers,
             content=content,
             extensions=self._extensions,

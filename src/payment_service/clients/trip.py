@@ -7,6 +7,8 @@ becomes `TripServiceUnavailableError`; services never see httpx exceptions.
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -127,6 +129,11 @@ def _optional_decimal(value: Any) -> Decimal | None:
     return result
 
 
+FIRST_RETRY_WAIT = 0.05
+"""Seconds before the first retry of a failed Trip lookup; each later wait doubles (max 0.5)."""
+RETRY_JITTER = 0.05
+
+
 def _retryable(exc: BaseException) -> bool:
     """A 5xx, or no connection could be made (the GET never reached the Trip service)."""
     return isinstance(exc, _RetryableStatus) or is_refused(exc)
@@ -169,18 +176,33 @@ class TripClient(PeerClient):
         headers = {}
         if request_id := current_request_id():
             headers[REQUEST_ID_HEADER] = request_id
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._settings.trip_service_retries + 1),
-            wait=wait_exponential_jitter(multiplier=0.05, max=0.5, jitter=0.05),
-            retry=retry_if_exception(_retryable),
-            reraise=True,
-        )
+        path = f"/v1/trips/{trip_id}"
+
+        async def attempt() -> httpx.Response:
+            response = await self.request("GET", path, headers=headers)
+            if response.status_code >= 500:
+                raise _RetryableStatus(response.status_code)
+            return response
+
         try:
-            async for attempt in retrying:
-                with attempt:
-                    response = await self.request("GET", f"/v1/trips/{trip_id}", headers=headers)
-                    if response.status_code >= 500:
-                        raise _RetryableStatus(response.status_code)
+            try:
+                # The first attempt outside tenacity: its machinery cost ~80 µs of CPU
+                # per call (2 % of a charge), and nearly every lookup succeeds at once.
+                response = await attempt()
+            except Exception as exc:
+                retries = self._settings.trip_service_retries
+                if not (_retryable(exc) and retries > 0):
+                    raise
+                await asyncio.sleep(FIRST_RETRY_WAIT + random.uniform(0, RETRY_JITTER))
+                retrying = AsyncRetrying(
+                    stop=stop_after_attempt(retries),
+                    wait=wait_exponential_jitter(
+                        multiplier=2 * FIRST_RETRY_WAIT, max=0.5, jitter=RETRY_JITTER
+                    ),
+                    retry=retry_if_exception(_retryable),
+                    reraise=True,
+                )
+                response = await retrying(attempt)
         except _RetryableStatus as exc:
             raise TripServiceUnavailableError(
                 f"The Trip service failed ({exc.status}); retry later."
