@@ -41,6 +41,7 @@ from payment_service.http_metrics import RouteLabelInstrumentatorMiddleware
 from payment_service.jsonutil import MoneyJSONResponse
 from payment_service.observability import HTTP_LATENCY_BUCKETS, init_metric_series
 from payment_service.ratelimit import RateLimiter
+from payment_service.services.health import SharedProbe
 from payment_service.settings import ConfigurationError, Settings, load_settings
 
 if TYPE_CHECKING:
@@ -95,6 +96,7 @@ def create_app(
                 if provider is not None
                 else None,
             )
+            app.state.health_probe = SharedProbe(app.state.reads)
             app.state.guard = Guard(
                 auth_required=settings.auth_required,
                 keys=KeyStore(app.state.session_factory, settings.api_key_cache_seconds),

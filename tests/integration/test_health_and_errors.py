@@ -21,7 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from payment_service import SERVICE_NAME, __version__
 from payment_service.app import create_app
-from payment_service.services.health import expected_revision
+from payment_service.db import RawReads
+from payment_service.services.health import SharedProbe, expected_revision
 from payment_service.settings import Settings
 from tests.conftest import make_settings
 
@@ -128,6 +129,42 @@ async def test_health_with_hanging_database_is_503_within_the_deadline(
     assert response.status_code == 503
     assert response.json()["database_status"] == "DOWN"
     assert elapsed < 2.5
+
+
+class CountingReads(RawReads):
+    """RawReads that counts its statements and holds each for `hold` seconds."""
+
+    def __init__(self, engine: AsyncEngine, hold: float) -> None:
+        super().__init__(engine)
+        self.statements = 0
+        self.hold = hold
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        self.statements += 1
+        await asyncio.sleep(self.hold)
+        return await super().fetchval(sql, *args)
+
+
+async def test_concurrent_health_probes_share_one_query(database_url: str) -> None:
+    """20 probes at once: one statement, every probe answered; a caller that gives up
+    does not cancel the others' query; the next round sends a query of its own."""
+    engine = create_async_engine(database_url, pool_size=2)
+    try:
+        reads = CountingReads(engine, hold=0.2)
+        shared = SharedProbe(reads)
+        impatient = asyncio.ensure_future(shared())
+        others = [asyncio.ensure_future(shared()) for _ in range(19)]
+        await asyncio.sleep(0.05)
+        impatient.cancel()
+        states = await asyncio.gather(*others)
+        assert reads.statements == 1
+        assert all(state.up and state.revision == expected_revision() for state in states)
+        assert impatient.cancelled()
+
+        assert (await shared()).up
+        assert reads.statements == 2  # nothing is cached between rounds
+    finally:
+        await engine.dispose()
 
 
 async def test_live_is_200_even_when_the_database_is_down() -> None:

@@ -10,12 +10,7 @@ from payment_service import SERVICE_NAME, __version__
 from payment_service.errors import problem_responses
 from payment_service.jsonutil import MoneyJSONResponse, dumps, utc_timestamp
 from payment_service.schemas.health import Health, Readiness
-from payment_service.services.health import (
-    database_is_up,
-    expected_revision,
-    not_ready_reason,
-    probe,
-)
+from payment_service.services.health import expected_revision, not_ready_reason
 
 router = APIRouter(tags=["health"])
 
@@ -28,7 +23,7 @@ router = APIRouter(tags=["health"])
     responses={503: {"model": Health, "description": "The database is unreachable"}},
 )
 async def health(request: Request) -> MoneyJSONResponse:
-    up = await database_is_up(request.app.state.reads)
+    up = (await request.app.state.health_probe()).up
     body = {
         "service": SERVICE_NAME,
         "version": __version__,
@@ -63,7 +58,7 @@ async def live() -> Response:
     responses={503: {"model": Readiness, "description": "Not ready"}, **problem_responses(500)},
 )
 async def ready(request: Request) -> MoneyJSONResponse:
-    state = await probe(request.app.state.reads)
+    state = await request.app.state.health_probe()
     head = expected_revision()
     reason = not_ready_reason(state, head)
     is_ready = reason is None

@@ -44,12 +44,31 @@ async def probe(reads: RawReads, timeout: float = HEALTH_TIMEOUT_SECONDS) -> Sch
         return SchemaState(False, None, "database unreachable")
 
 
-async def schema_state(
-    reads: RawReads, timeout: float = HEALTH_TIMEOUT_SECONDS
-) -> tuple[bool, str | None]:
-    """(database reachable, Alembic revision or None) from one query under one deadline."""
-    state = await probe(reads, timeout)
-    return state.up, state.revision
+class SharedProbe:
+    """`probe` for the health routes, one query however many probes arrive at once.
+
+    A probe that arrives while another is in flight awaits that one's answer instead
+    of sending its own query: orchestrators, load balancers and dashboards polling
+    together cost the database one statement. Nothing is cached: every answer is that
+    of a query still running when the probe arrived. The shared query is shielded, so
+    one caller giving up does not cancel it for the others.
+    """
+
+    def __init__(self, reads: RawReads, timeout: float = HEALTH_TIMEOUT_SECONDS) -> None:
+        self._reads = reads
+        self._timeout = timeout
+        self._in_flight: asyncio.Future[SchemaState] | None = None
+
+    async def __call__(self) -> SchemaState:
+        shared = self._in_flight
+        if shared is None:
+            shared = self._in_flight = asyncio.ensure_future(probe(self._reads, self._timeout))
+            shared.add_done_callback(self._finished)
+        return await asyncio.shield(shared)
+
+    def _finished(self, done: asyncio.Future[SchemaState]) -> None:
+        if self._in_flight is done:
+            self._in_flight = None
 
 
 def not_ready_reason(state: SchemaState, head: str | None) -> str | None:
@@ -61,12 +80,6 @@ def not_ready_reason(state: SchemaState, head: str | None) -> str | None:
     if head is not None and state.revision != head:
         return f"schema at {state.revision}, head is {head}"
     return None
-
-
-async def database_is_up(reads: RawReads, timeout: float = HEALTH_TIMEOUT_SECONDS) -> bool:
-    """Whether the database answers within `timeout` (the same single query as readiness)."""
-    up, _revision = await schema_state(reads, timeout)
-    return up
 
 
 @lru_cache(maxsize=1)
