@@ -182,6 +182,43 @@ async def test_head_and_no_server_header_over_real_http(
     assert "server" not in (await api.get("/nope")).headers
 
 
+async def test_answers_arrive_whole_and_100_continue_still_comes_first(
+    service: ServiceProcess,
+) -> None:
+    """With the head held for the body (edge.HeadWithBody), answers arrive whole over
+    real HTTP, and a request that asks `Expect: 100-continue` still gets its interim
+    answer before it sends the body."""
+    port = int(service.base_url.rsplit(":", 1)[1])
+    for _ in range(5):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"GET /health/live HTTP/1.1\r\nHost: t\r\n\r\n")
+            await writer.drain()
+            first = await asyncio.wait_for(reader.read(65536), 5)
+            assert first.startswith(b"HTTP/1.1 200 "), first
+            assert first.endswith(b'{"status":"UP"}'), first  # the body came with the head
+        finally:
+            writer.close()
+
+    body = b'{"trip_id": 0, "method": "CARD"}'
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            b"POST /v1/payments/charge HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+            b"Content-Type: application/json\r\nIdempotency-Key: e100\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
+        )
+        await writer.drain()
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(body)
+        await writer.drain()
+        final = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert status_of(final) == 422, final  # trip_id 0 is refused by the schema
+    finally:
+        writer.close()
+
+
 # -- logs -------------------------------------------------------------------------
 
 

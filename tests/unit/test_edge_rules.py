@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import exc as sa_exc
 
-from payment_service.edge import header_block_size
+from payment_service.edge import HeadWithBody, header_block_size
 from payment_service.errors import is_database_unavailable
 from payment_service.observability import RedactingJsonFormatter, redact
 from payment_service.schemas.payment import ChargeRequest
@@ -125,3 +125,51 @@ def test_header_block_size_counts_target_and_fields() -> None:
         "headers": [(b"host", b"x")],
     }
     assert header_block_size(scope) == len(b"/v1/payments") + len(b"limit=1") + 4 + 1 + 4
+
+
+class _RecordingTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str) -> str:
+        return f"info:{name}"
+
+
+class _Cycle:
+    response_started = False
+
+
+def test_the_head_leaves_with_the_first_body_bytes_in_one_write() -> None:
+    transport, cycle = _RecordingTransport(), _Cycle()
+    writer = HeadWithBody(transport, cycle)  # type: ignore[arg-type]
+
+    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # before the response: at once
+    cycle.response_started = True
+    writer.write(b"HTTP/1.1 200 OK\r\n\r\n")  # the head: held
+    assert transport.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+    writer.write(b"first")
+    writer.write(b"second")
+    assert transport.writes[1:] == [b"HTTP/1.1 200 OK\r\n\r\nfirst", b"second"]
+    assert writer.get_extra_info("peername") == "info:peername"  # the rest passes through
+
+
+def test_closing_sends_a_head_still_held() -> None:
+    transport, cycle = _RecordingTransport(), _Cycle()
+    writer = HeadWithBody(transport, cycle)  # type: ignore[arg-type]
+    cycle.response_started = True
+    writer.write(b"HTTP/1.1 200 OK\r\n\r\n")
+
+    writer.close()  # the app failed after starting its answer
+
+    assert transport.writes == [b"HTTP/1.1 200 OK\r\n\r\n"]
+    assert transport.closed and writer.is_closing()
