@@ -147,7 +147,10 @@ def create_app(
     install_docs(app)
     for module in (health, payments, charges, refunds, tips, ledger, receipts, webhooks):
         document_scopes(module.router)
-        app.include_router(module.router)
+        # The routers' routes, not the routers: each already carries its router's prefix,
+        # tags and dependencies, and an included router is one more layer of matching
+        # (FastAPI's _IncludedRouter) on every request.
+        app.router.routes.extend(module.router.routes)
 
     init_metric_series()
     # HTTP metrics live in a registry of this app (a second app in one process, as in
