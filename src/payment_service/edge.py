@@ -109,6 +109,14 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
+def _has_framing_header(scope: Scope) -> bool:
+    """Whether the request says a body follows (a Content-Length, valid or not, or a
+    Transfer-Encoding)."""
+    return any(
+        name in (b"content-length", b"transfer-encoding") for name, _ in scope.get("headers", ())
+    )
+
+
 class RequestLimitsMiddleware:
     """431 / 413 / 408 problem+json before the app pays for a request."""
 
@@ -138,6 +146,11 @@ class RequestLimitsMiddleware:
         if length is not None and length > self.max_body_bytes:
             response = BODY_TOO_LARGE.response(self.max_body_bytes, path)
             await response(scope, receive, send)
+            return
+        if length == 0 or (length is None and not _has_framing_header(scope)):
+            # No body follows (HTTP/1.1 framing: no Content-Length, no Transfer-Encoding,
+            # or a length of 0): nothing to bound or time out, so no wrappers (the GETs).
+            await self.app(scope, receive, send)
             return
 
         loop = asyncio.get_running_loop()

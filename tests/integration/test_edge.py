@@ -136,7 +136,9 @@ async def test_a_body_that_stops_arriving_is_408() -> None:
     middleware = RequestLimitsMiddleware(
         app, max_body_bytes=1024, max_header_bytes=1024, read_timeout_seconds=0.2
     )
-    scope = {"type": "http", "method": "POST", "path": "/v1/payments/charge", "headers": []}
+    # A streamed body, as uvicorn delivers one: its framing header says a body follows.
+    headers = [(b"transfer-encoding", b"chunked")]
+    scope = {"type": "http", "method": "POST", "path": "/v1/payments/charge", "headers": headers}
     sent = await asyncio.wait_for(_call(middleware, scope, stalling_receive), 5)
 
     assert sent[0]["status"] == 408
@@ -160,9 +162,35 @@ async def test_the_read_timeout_does_not_apply_once_the_body_is_in() -> None:
     middleware = RequestLimitsMiddleware(
         app, max_body_bytes=1024, max_header_bytes=1024, read_timeout_seconds=0.1
     )
-    scope = {"type": "http", "method": "POST", "path": "/x", "headers": []}
+    scope = {"type": "http", "method": "POST", "path": "/x", "headers": [(b"content-length", b"2")]}
     sent = await _call(middleware, scope, receive)
     assert sent[0]["status"] == 200
+
+
+async def test_a_request_without_a_body_passes_straight_through() -> None:
+    """No Content-Length and no Transfer-Encoding: no body follows, so the app gets the
+    server's own receive and send (nothing to bound or time out)."""
+    calls: list[tuple[object, object]] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        calls.append((receive, send))
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        pass
+
+    middleware = RequestLimitsMiddleware(
+        app, max_body_bytes=1024, max_header_bytes=1024, read_timeout_seconds=0.1
+    )
+    await middleware({"type": "http", "method": "GET", "path": "/x", "headers": []}, receive, send)
+    framed = [(b"content-length", b"5")]
+    await middleware(
+        {"type": "http", "method": "POST", "path": "/x", "headers": framed}, receive, send
+    )
+    assert calls[0] == (receive, send)
+    assert calls[1] != (receive, send)  # a body follows: bounded and timed
 
 
 # -- HEAD, Allow, response headers ---------------------------------------------------
