@@ -1,6 +1,6 @@
 """The FastAPI dependencies that guard a route: who calls, within budget, allowed to.
 
-`require_scope("refund")` on a route (as `Security(...)`) does, in order:
+`Security(ScopeGuard("refund"))` on a route (`RequireRefund`) does, in order:
 1. find the caller from `Authorization: Bearer <key>` (cached lookups, see `store`);
 2. count the request against the caller's budget for that scope — per key's client,
    else per address, before any 401, so guessing keys is rate-limited too;
@@ -15,7 +15,6 @@ scope; a request with a key is still that key's client (and a bad key still a 40
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request, Security
@@ -35,15 +34,11 @@ log = logging.getLogger(__name__)
 SCHEME_NAME = "apiKey"
 CALLER_STATE_KEY = "caller"
 
-bearer = HTTPBearer(
-    auto_error=False,
-    scheme_name=SCHEME_NAME,
-    bearerFormat="psk_<prefix>_<secret>",
-    description=(
-        "An API key from `payment-service api-keys create`, sent as "
-        "`Authorization: Bearer psk_…`. Each operation names the scope it needs "
-        "(`x-required-scope`): `read` (GET routes), `charge` or `refund`."
-    ),
+BEARER_FORMAT = "psk_<prefix>_<secret>"
+SCHEME_DESCRIPTION = (
+    "An API key from `payment-service api-keys create`, sent as "
+    "`Authorization: Bearer psk_…`. Each operation names the scope it needs "
+    "(`x-required-scope`): `read` (GET routes), `charge` or `refund`."
 )
 
 
@@ -122,22 +117,32 @@ class Guard:
         return caller
 
 
-def require_scope(scope: str) -> Callable[..., Awaitable[Caller]]:
-    """A dependency authorising `scope`; `Security(require_scope("read"))` on a route."""
+class ScopeGuard(HTTPBearer):
+    """The dependency authorising `scope`: `Security(ScopeGuard("read"))` on a route.
 
-    async def dependency(
-        request: Request,
-        credentials: HTTPAuthorizationCredentials | None = Security(bearer),
-    ) -> Caller:
+    It is FastAPI's HTTPBearer (so OpenAPI documents the `apiKey` scheme on every
+    guarded operation, as before) that also authorises. One dependency node rather
+    than a scope function over `Security(bearer)`: FastAPI solves the dependency tree
+    on every request, each level a full pass over its parameters.
+    """
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(
+            auto_error=False,
+            scheme_name=SCHEME_NAME,
+            bearerFormat=BEARER_FORMAT,
+            description=SCHEME_DESCRIPTION,
+        )
+        self.required_scope = scope
+        self.__name__ = f"require_{scope}_scope"
+
+    async def __call__(self, request: Request) -> Caller:  # type: ignore[override]
+        credentials = await super().__call__(request)
         guard: Guard = request.app.state.guard
-        return await guard.authorize(request, credentials, scope)
-
-    dependency.__name__ = f"require_{scope}_scope"
-    dependency.required_scope = scope  # type: ignore[attr-defined]
-    return dependency
+        return await guard.authorize(request, credentials, self.required_scope)
 
 
-_SCOPE_DEPENDENCIES = {scope: require_scope(scope) for scope in ("read", "charge", "refund")}
+_SCOPE_DEPENDENCIES = {scope: ScopeGuard(scope) for scope in ("read", "charge", "refund")}
 RequireRead = Security(_SCOPE_DEPENDENCIES["read"])
 RequireCharge = Security(_SCOPE_DEPENDENCIES["charge"])
 RequireRefund = Security(_SCOPE_DEPENDENCIES["refund"])
