@@ -436,6 +436,62 @@ async def test_a_refused_refund_gives_its_amount_back(
     assert full.json()["refund_status"] == "SUCCEEDED"
 
 
+async def test_a_refund_webhook_that_overtakes_the_request_sets_its_answer(
+    client: httpx.AsyncClient,
+    gateway: ScriptedGateway,
+    new_trip_id: Callable[[], int],
+    engine: AsyncEngine,
+) -> None:
+    """A refund's webhook lands while its request waits for the slow processor, and the
+    payment moves on (the rest is refunded) before the request answers: the caller gets
+    what the webhook stored on its key (PARTIALLY_REFUNDED then), so a replay is the same
+    bytes. A clean-clone CI run caught the request answering from the newer state."""
+    payment = await charged_payment(client, new_trip_id())
+    amount = Decimal(str(payment["amount"]))
+    url = f"/v1/payments/{payment['payment_id']}/refund"
+    gateway.delay = 1.0
+    task = asyncio.create_task(
+        client.post(url, json={"idempotency_key": "r-overtaken", "amount": "1.00"})
+    )
+    refund_id = None
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        async with engine.connect() as connection:
+            refund_id = await connection.scalar(
+                text("SELECT id FROM refunds WHERE payment_id = :p"),
+                {"p": payment["payment_id"]},
+            )
+        if refund_id is not None:
+            break
+    assert refund_id is not None
+    event = {
+        "id": f"evt_refund_race_{refund_id}",
+        "kind": "refund",
+        "ref": f"re_{refund_id}",
+        "refund_id": refund_id,
+        "status": "SUCCEEDED",
+    }
+    hook = await client.post(
+        "/v1/gateway/webhooks/stripe",
+        content=json.dumps(event),
+        headers={"Stripe-Signature": "valid"},
+    )
+    assert hook.json()["outcome"] == "applied", hook.text
+    gateway.delay = 0.0
+    rest = await client.post(
+        url, json={"idempotency_key": "r-rest", "amount": str(amount - Decimal("1.00"))}
+    )
+    assert rest.status_code == 200, rest.text
+    assert rest.json()["status"] == "REFUNDED"
+
+    response = await task
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "PARTIALLY_REFUNDED"  # as the webhook recorded it
+    replay = await client.post(url, json={"idempotency_key": "r-overtaken", "amount": "1.00"})
+    assert replay.headers.get("idempotent-replayed") == "true"
+    assert (replay.status_code, replay.content) == (response.status_code, response.content)
+
+
 async def test_pending_refunds_count_as_spent_until_confirmed(
     app_and_client: tuple[Any, httpx.AsyncClient],
     gateway: ScriptedGateway,

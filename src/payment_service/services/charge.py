@@ -49,7 +49,6 @@ from payment_service.models import Payment
 from payment_service.models.enums import PaymentKind, PaymentMethod, PaymentStatus
 from payment_service.observability import TRIP_SERVICE_REQUESTS
 from payment_service.repositories.charge_start import claim_charge, start_charge
-from payment_service.repositories.idempotency import IdempotencyRepository
 from payment_service.repositories.payment import PaymentRepository
 from payment_service.schemas.payment import ChargeRequest
 from payment_service.services.fares import CENT, FareUnavailableError, compute_fare
@@ -278,14 +277,9 @@ class ChargeService:
     ) -> Answer:
         """The answer for a payment another finisher moved: the one it stored on our key,
         so the caller and every replay see the same bytes; else rendered and stored now."""
-        stored = await IdempotencyRepository(session).stored_answer(claim.key_id)
-        if stored is not None:
-            return Answer(stored[0], stored[1].encode("utf-8"))
-        answer = charge_answer(payment)
-        await self.idempotency.complete_bound(
-            session, status_code=answer.status_code, body=answer.body, payment_id=payment.id
+        return await self.idempotency.answer_recorded(
+            session, claim, lambda: charge_answer(payment), payment_id=payment.id
         )
-        return answer
 
     async def _completed_trip(self, request: ChargeRequest) -> Trip:
         trip = await self.trip_client.get_trip(request.trip_id)

@@ -27,6 +27,7 @@ from payment_service.jsonutil import dumps
 from payment_service.models.enums import IdempotencyState
 from payment_service.observability import IDEMPOTENT_REPLAYS, mask_key
 from payment_service.repositories.idempotency import IdempotencyRepository, KeyRow
+from payment_service.services.transitions import Answer
 from payment_service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -250,6 +251,31 @@ class Idempotency:
             payment_id=payment_id,
             refund_id=refund_id,
         )
+
+    async def answer_recorded(
+        self,
+        session: AsyncSession,
+        claim: Claim,
+        render: Callable[[], Answer],
+        *,
+        payment_id: int,
+        refund_id: int | None = None,
+    ) -> Answer:
+        """The answer for work another finisher (a webhook, the reconciler) recorded first:
+        the one it stored on our key, so the caller and every replay see the same bytes;
+        else `render()`'s, stored now."""
+        stored = await IdempotencyRepository(session).stored_answer(claim.key_id)
+        if stored is not None:
+            return Answer(stored[0], stored[1].encode("utf-8"))
+        answer = render()
+        await self.complete_bound(
+            session,
+            status_code=answer.status_code,
+            body=answer.body,
+            payment_id=payment_id,
+            refund_id=refund_id,
+        )
+        return answer
 
     async def end_lease(self, session_factory: SessionFactory, claim: Claim) -> None:
         """Best effort: a retry may resume at once; else the lease simply runs out."""

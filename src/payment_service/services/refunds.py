@@ -190,27 +190,30 @@ class RefundService:
                 await self.idempotency.end_lease(self.session_factory, claim)
                 raise
             async with self.session_factory() as session, session.begin():
-                payment, refund, _ = await finish_refund(session, refund_id, result, source=source)
-                answer = refund_answer(payment, refund)
-                if refund.status == RefundStatus.PROCESSING.value:
-                    # Pending at the processor: the answer says so; a webhook or the
-                    # reconciler confirms it later.
-                    await self._store(session, answer, payment.id, refund_id)
+                payment, refund, moved = await finish_refund(
+                    session, refund_id, result, source=source
+                )
+                if moved:  # finish_refund stored this answer on our key
+                    answer = refund_answer(payment, refund)
+                else:
+                    # Still pending at the processor (the answer says so; a webhook or the
+                    # reconciler confirms it later), or a webhook finished it while we
+                    # waited: the caller gets what that finisher stored on our key.
+                    answer = await self._answer_recorded(session, claim, payment, refund)
         else:  # finished meanwhile (reconciler, webhook): answer with what it recorded
-            answer = refund_answer(payment, refund)
             async with self.session_factory() as session, session.begin():
-                await self._store(session, answer, payment.id, refund_id)
+                answer = await self._answer_recorded(session, claim, payment, refund)
         return RefundOutcome(answer.status_code, answer.body, replayed=False)
 
-    async def _store(
-        self, session: AsyncSession, answer: Answer, payment_id: int, refund_id: int
-    ) -> None:
-        await self.idempotency.complete_bound(
+    async def _answer_recorded(
+        self, session: AsyncSession, claim: Claim, payment: Payment, refund: Refund
+    ) -> Answer:
+        return await self.idempotency.answer_recorded(
             session,
-            status_code=answer.status_code,
-            body=answer.body,
-            payment_id=payment_id,
-            refund_id=refund_id,
+            claim,
+            lambda: refund_answer(payment, refund),
+            payment_id=payment.id,
+            refund_id=refund.id,
         )
 
 
