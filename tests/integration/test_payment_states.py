@@ -289,6 +289,26 @@ async def test_pending_then_webhook_success_once_and_forged_webhooks_change_noth
     assert (await client.post("/v1/gateway/webhooks/paypal", content=b"{}")).status_code == 404
 
 
+async def first_id(engine: AsyncEngine, sql: str, key: int) -> int:
+    """The id `sql` (one `:k` parameter) finds, once a request in flight has written it."""
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        async with engine.connect() as connection:
+            found = await connection.scalar(text(sql), {"k": key})
+        if found is not None:
+            return int(found)
+    raise AssertionError(f"nothing found by {sql!r} within 2 s")
+
+
+async def send_webhook(client: httpx.AsyncClient, event: dict[str, Any]) -> httpx.Response:
+    """A processor event, signed as the scripted gateway expects."""
+    return await client.post(
+        "/v1/gateway/webhooks/stripe",
+        content=json.dumps(event),
+        headers={"Stripe-Signature": "valid"},
+    )
+
+
 async def test_a_webhook_that_arrives_before_the_request_records_wins_once(
     client: httpx.AsyncClient,
     gateway: ScriptedGateway,
@@ -304,15 +324,7 @@ async def test_a_webhook_that_arrives_before_the_request_records_wins_once(
             CHARGE, json={"trip_id": trip_id, "method": "CARD", "idempotency_key": "race-hook"}
         )
     )
-    for _ in range(100):
-        await asyncio.sleep(0.02)
-        async with engine.connect() as connection:
-            payment_id = await connection.scalar(
-                text("SELECT id FROM payments WHERE trip_id = :t"), {"t": trip_id}
-            )
-        if payment_id is not None:
-            break
-    assert payment_id is not None
+    payment_id = await first_id(engine, "SELECT id FROM payments WHERE trip_id = :k", trip_id)
     event = {
         "id": f"evt_race_{trip_id}",
         "kind": "payment",
@@ -320,11 +332,7 @@ async def test_a_webhook_that_arrives_before_the_request_records_wins_once(
         "payment_id": payment_id,
         "status": "SUCCESS",
     }
-    hook = await client.post(
-        "/v1/gateway/webhooks/stripe",
-        content=json.dumps(event),
-        headers={"Stripe-Signature": "valid"},
-    )
+    hook = await send_webhook(client, event)
     assert hook.json()["outcome"] == "applied"
     response = await task
     assert response.status_code == 201, response.text
@@ -453,17 +461,9 @@ async def test_a_refund_webhook_that_overtakes_the_request_sets_its_answer(
     task = asyncio.create_task(
         client.post(url, json={"idempotency_key": "r-overtaken", "amount": "1.00"})
     )
-    refund_id = None
-    for _ in range(100):
-        await asyncio.sleep(0.02)
-        async with engine.connect() as connection:
-            refund_id = await connection.scalar(
-                text("SELECT id FROM refunds WHERE payment_id = :p"),
-                {"p": payment["payment_id"]},
-            )
-        if refund_id is not None:
-            break
-    assert refund_id is not None
+    refund_id = await first_id(
+        engine, "SELECT id FROM refunds WHERE payment_id = :k", payment["payment_id"]
+    )
     event = {
         "id": f"evt_refund_race_{refund_id}",
         "kind": "refund",
@@ -471,11 +471,7 @@ async def test_a_refund_webhook_that_overtakes_the_request_sets_its_answer(
         "refund_id": refund_id,
         "status": "SUCCEEDED",
     }
-    hook = await client.post(
-        "/v1/gateway/webhooks/stripe",
-        content=json.dumps(event),
-        headers={"Stripe-Signature": "valid"},
-    )
+    hook = await send_webhook(client, event)
     assert hook.json()["outcome"] == "applied", hook.text
     gateway.delay = 0.0
     rest = await client.post(
