@@ -213,16 +213,11 @@ class RawReads:
 
 
 def _answered_by_the_server(error: BaseException) -> bool:
-    """An error PostgreSQL sent as the statement's answer, on a connection that goes on."""
+    """An error PostgreSQL sent as the statement's answer, on a connection that goes on
+    (not one of the outages `errors.is_database_unavailable` knows: a shutdown, a lost link)."""
     import asyncpg
 
-    gone = (
-        asyncpg.PostgresConnectionError,
-        asyncpg.AdminShutdownError,
-        asyncpg.CrashShutdownError,
-        asyncpg.CannotConnectNowError,
-    )
-    return isinstance(error, asyncpg.PostgresError) and not isinstance(error, gone)
+    return isinstance(error, asyncpg.PostgresError) and not _server_went_away(error)
 
 
 def _server_went_away(error: BaseException) -> bool:
