@@ -23,7 +23,7 @@ tx 1 (`claim_charge`) is below.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any, cast
@@ -216,6 +216,10 @@ SELECT (SELECT id FROM claimed) AS claimed_id,
 )
 
 
+_KEY_ROW_FIELDS = tuple(field.name for field in fields(KeyRow))
+"""`existing.*` and `db_now` of `_CLAIM` are exactly KeyRow's fields."""
+
+
 @dataclass(frozen=True, slots=True)
 class FirstClaim:
     """What tx 1's statement saw: our new key, the trip's live payment, the key's old row."""
@@ -257,21 +261,6 @@ async def claim_charge(
             }
         ),
     )
-    existing = (
-        None
-        if row["id"] is None
-        else KeyRow(
-            id=row["id"],
-            fingerprint=row["fingerprint"],
-            state=row["state"],
-            locked_until=row["locked_until"],
-            expires_at=row["expires_at"],
-            response_status=row["response_status"],
-            response_body=row["response_body"],
-            payment_id=row["payment_id"],
-            refund_id=row["refund_id"],
-            db_now=row["db_now"],
-        )
-    )
+    existing = None if row["id"] is None else KeyRow(**{f: row[f] for f in _KEY_ROW_FIELDS})
     live = None if row["live_id"] is None else (row["live_id"], row["live_status"])
     return FirstClaim(row["claimed_id"], live, existing)
