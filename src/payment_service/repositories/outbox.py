@@ -153,16 +153,15 @@ def _build_claim() -> Any:
         .returning(*(t.c[name] for name in _CLAIMED_COLUMNS))
         .cte("claimed")
     )
-    pending = (
-        select(func.count().label("n")).select_from(t).where(t.c.status == _PENDING)
-    ).subquery("pending")
+    pending = _build_count().subquery("pending")
     return select(pending.c.n, *(claimed.c[name] for name in _CLAIMED_COLUMNS)).select_from(
         pending.outerjoin(claimed, true())
     )
 
 
 def _build_count() -> Any:
-    return select(func.count()).select_from(_OUTBOX).where(_OUTBOX.c.status == _PENDING)
+    """How many messages are PENDING (the `outbox_pending` gauge), leased or not."""
+    return select(func.count().label("n")).select_from(_OUTBOX).where(_OUTBOX.c.status == _PENDING)
 
 
 def _build_mark_delivered() -> Any:
