@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from payment_service.db import RawReads
 from payment_service.repositories.charge_finish import finish_processing_charge
 from payment_service.repositories.charge_start import claim_charge, start_charge
+from payment_service.services.ledger import JournalDraft
 
 LEASE = timedelta(seconds=30)
 TTL = timedelta(days=1)
@@ -134,8 +135,9 @@ async def test_tx3_writes_everything_once_and_nothing_for_a_payment_already_move
             event_type=f"CHARGE_{status}",
             event_data={"source": "test"},
             actor="statements",
-            journal=(
+            journal=JournalDraft(
                 "CAPTURE",
+                Decimal("42.50"),
                 "fare captured",
                 (
                     ("processor:clearing", Decimal("42.50")),

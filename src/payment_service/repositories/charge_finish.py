@@ -28,11 +28,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from payment_service.db import Positional, RawReads
 from payment_service.jsonutil import json_text
+
+if TYPE_CHECKING:  # the draft is built by the ledger service; here only its fields are read
+    from payment_service.services.ledger import JournalDraft
 
 _STATEMENT = Positional.of(
     """
@@ -106,7 +108,7 @@ async def finish_processing_charge(
     event_type: str,
     event_data: dict[str, Any],
     actor: str | None,
-    journal: tuple[str, str | None, tuple[tuple[str, Decimal], ...]] | None,
+    journal: JournalDraft | None,
     message_type: str,
     payload: dict[str, Any],
     traceparent: str | None,
@@ -116,9 +118,13 @@ async def finish_processing_charge(
 ) -> FinishedCharge:
     """Move the payment out of PROCESSING with everything that goes with it, or nothing.
 
-    `journal` is (entry type, description, lines) of the capture, None when none is posted.
+    `journal` is the capture's, None when none is posted.
     """
-    entry_type, description, lines = journal if journal is not None else ("CAPTURE", None, ())
+    entry_type, description, lines = (
+        (journal.entry_type, journal.description, journal.lines)
+        if journal is not None
+        else ("CAPTURE", None, ())
+    )
     params = {
         "payment_id": payment_id,
         "status": status,

@@ -173,7 +173,7 @@ async def finish_held_charge(
         event_type=f"CHARGE_{target}",
         event_data=_charge_event_data(moved, result, source),
         actor=_actor(source) or current_actor(),
-        journal=None if draft is None else (draft.entry_type, draft.description, draft.lines),
+        journal=draft,
         message_type=message["type"],
         payload=message,
         traceparent=current_traceparent(),
