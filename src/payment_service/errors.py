@@ -244,7 +244,7 @@ def install_error_handlers(app: FastAPI) -> None:
             headers=headers,
         )
 
-    async def _database(request: Request, exc: Exception) -> Response:
+    async def _last_resort(request: Request, exc: Exception) -> Response:
         return last_resort_response(exc, request.url.path)
 
     # Handled here rather than by the last-resort handler: these are outages (503), and
@@ -262,13 +262,11 @@ def install_error_handlers(app: FastAPI) -> None:
         OSError,
         TimeoutError,
     ):
-        app.add_exception_handler(exc_class, _database)
+        app.add_exception_handler(exc_class, _last_resort)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> Response:
-        # Last resort (ResponseEnvelopeMiddleware normally answers first, with the request
-        # id). An outage wrapped in another error (its cause) is still a 503.
-        return last_resort_response(exc, request.url.path)
+    # Anything else, too (ResponseEnvelopeMiddleware normally answers first, with the
+    # request id): an outage wrapped in another error (its cause) is still a 503.
+    app.add_exception_handler(Exception, _last_resort)
 
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
