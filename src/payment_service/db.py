@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.util import await_, greenlet_spawn
 
-from payment_service.jsonutil import dumps, loads
+from payment_service.jsonutil import json_text, loads
 from payment_service.settings import Settings
 
 SessionFactory = async_sessionmaker[AsyncSession]
@@ -99,7 +99,7 @@ def create_engine(settings: Settings, url: URL) -> AsyncEngine:
         pool_timeout=settings.db_pool_timeout_seconds,
         pool_recycle=1800,
         hide_parameters=True,
-        json_serializer=lambda value: dumps(value).decode("utf-8"),
+        json_serializer=json_text,
         json_deserializer=loads,
         connect_args={
             "timeout": settings.db_connect_timeout_seconds,
