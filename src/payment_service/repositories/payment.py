@@ -329,7 +329,9 @@ class PaymentRepository:
         issued = await self.session.execute(
             insert(Receipt)
             .values(payment_id=payment.id, receipt_number=number)
-            .on_conflict_do_nothing(index_elements=[Receipt.payment_id])
+            # No arbiter: a racing twin may collide on receipt_number's unique index before
+            # payment_id's (the number is derived from the payment, so it is the same row).
+            .on_conflict_do_nothing()
             .returning(Receipt)
         )
         receipt = issued.scalar_one_or_none()
