@@ -3,8 +3,11 @@ safe text and money, and the header-size arithmetic."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 import pytest
@@ -173,3 +176,62 @@ def test_closing_sends_a_head_still_held() -> None:
 
     assert transport.writes == [b"HTTP/1.1 200 OK\r\n\r\n"]
     assert transport.closed and writer.is_closing()
+
+
+def test_the_head_writer_lets_go_of_its_response_cycle() -> None:
+    """The cycle holds its transport; a transport holding the cycle back would make
+    every request garbage that only the collector's passes (which stop the loop) free."""
+    transport, cycle = _RecordingTransport(), _Cycle()
+    writer = HeadWithBody(transport, cycle)  # type: ignore[arg-type]
+    cycle.response_started = True
+    writer.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    assert gc.get_referents(writer).count(cycle) == 0
+    writer.write(b"body")
+    assert transport.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
+
+    unanswered = HeadWithBody(_RecordingTransport(), _Cycle())  # type: ignore[arg-type]
+    unanswered.close()
+    assert not [ref for ref in gc.get_referents(unanswered) if isinstance(ref, _Cycle)]
+
+
+async def test_requests_over_the_configured_protocol_leave_no_garbage_cycles() -> None:
+    """Served over real HTTP (uvicorn with edge's protocol), a request's objects are freed
+    by reference counting alone: none of its response cycles waits for the collector."""
+    from uvicorn import Config, Server
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+    from payment_service.edge import configure_protocol
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]}
+        )
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    protocol = configure_protocol(max_header_bytes=8192, header_timeout_seconds=5.0)
+    server = Server(
+        Config(app, host="127.0.0.1", port=0, http=protocol, log_config=None, lifespan="off")
+    )
+    serving = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 (uvicorn's Server offers a flag, no event)
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    gc.collect()
+    gc.disable()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(20):
+            writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            answer = await reader.readuntil(b"\r\n\r\nok")
+            assert answer.startswith(b"HTTP/1.1 200"), answer
+        writer.close()
+        await writer.wait_closed()
+        await asyncio.sleep(0.05)
+        left = [obj for obj in gc.get_objects() if isinstance(obj, RequestResponseCycle)]
+        assert len(left) <= 1, f"{len(left)} response cycles wait for the collector"
+    finally:
+        gc.enable()
+        server.should_exit = True
+        await serving
