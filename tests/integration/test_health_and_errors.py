@@ -562,3 +562,17 @@ async def test_openapi_error_responses_are_problem_documents(client: httpx.Async
         if (code[0] == "4" or code == "500") and PROBLEM_JSON not in response.get("content", {})
     )
     assert wrong == []
+
+
+async def test_the_running_app_keeps_its_startup_objects_out_of_full_collections(
+    settings: Settings,
+) -> None:
+    """While serving, what the lifespan built is frozen (a full collection does not walk
+    it); at exit it is unfrozen, so a process that builds several apps frees each one."""
+    import gc
+
+    before = gc.get_freeze_count()
+    application = create_app(settings, run_dispatcher=False)
+    async with application.router.lifespan_context(application):
+        assert gc.get_freeze_count() > before
+    assert gc.get_freeze_count() == 0
