@@ -456,8 +456,8 @@ class Bench:
         row["rss_mb_per_worker"] = rss.per_worker_mb()
         self.log(
             f"{scenario.name}: {peak.rps:,.1f} req/s, p99 {peak.latency_ms['p99']:.2f} ms, "
-            f"non-2xx {peak.non_2xx}, socket errors {peak.socket_error_count}, "
-            f"max RSS {rss.max_mb} MB"
+            f"non-2xx {peak.non_2xx}{_statuses(peak)}, socket errors "
+            f"{peak.socket_error_count}, max RSS {rss.max_mb} MB"
         )
         if charging and before is not None:
             row["check"], row["outbox"] = self._charge_aftermath(before, peak)
@@ -473,7 +473,7 @@ class Bench:
             )
             self.log(
                 f"{scenario.name}: paced {paced.rps:,.1f} req/s, "
-                f"p99 {paced.latency_ms['p99']:.2f} ms"
+                f"p99 {paced.latency_ms['p99']:.2f} ms, non-2xx {paced.non_2xx}{_statuses(paced)}"
             )
             if charging:
                 self._drain_outbox()
@@ -618,3 +618,11 @@ class Bench:
             logdir=self.workdir / "pgbench",
             tag=f"{script}_{self.pgbench_runs}",
         )
+
+
+def _statuses(run: loadgen.WrkResult) -> str:
+    """` (503: 2, 409: 1)` after a non-2xx count, so a failure says what it was."""
+    if not run.failed_statuses:
+        return ""
+    counts = ", ".join(f"{code}: {n}" for code, n in sorted(run.failed_statuses.items()))
+    return f" ({counts})"

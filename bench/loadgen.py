@@ -48,6 +48,8 @@ class WrkResult:
     socket_errors: dict[str, int]
     latency_ms: dict[str, float]
     target_rate: float | None = None
+    failed_statuses: dict[str, int] = field(default_factory=dict)
+    """How many answers had each status outside 2xx (wrk's Lua `response` counts them)."""
     raw: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -67,6 +69,7 @@ class WrkResult:
             "socket_errors": self.socket_errors,
             "latency_ms": self.latency_ms,
             "target_rate": self.target_rate,
+            "failed_statuses": self.failed_statuses,
         }
 
 
@@ -132,6 +135,7 @@ def run_wrk(
         socket_errors={name: int(value) for name, value in errors.items()},
         latency_ms={name: round(float(value) / 1000, 3) for name, value in latency_us.items()},
         target_rate=rate,
+        failed_statuses={str(code): int(n) for code, n in dict(data.get("statuses") or {}).items()},  # type: ignore[call-overload]
         raw=data,
     )
 

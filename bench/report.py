@@ -37,12 +37,33 @@ def scenario_targets(name: str, row: dict[str, Any]) -> list[tuple[str, bool]]:
     paced = row.get("paced")
     if paced:
         out.append(("p99<25", paced["latency_ms"]["p99"] < TARGETS["paced_p99_ms"]))
-    runs = [row["peak"], *([paced] if paced else [])]
-    errors = sum(run["non_2xx"] + sum(run["socket_errors"].values()) for run in runs)
-    out.append(("0 err", errors == 0))
+    out.append(("0 err", run_errors(row) == 0))
     if row.get("max_rss_mb"):
         out.append(("RSS≤150", row["max_rss_mb"] <= TARGETS["rss_mb"]))
     return out
+
+
+def _runs(row: dict[str, Any]) -> list[dict[str, Any]]:
+    return [row["peak"], *([row["paced"]] if row.get("paced") else [])]
+
+
+def run_non_2xx(row: dict[str, Any]) -> int:
+    """Non-2xx answers of a scenario, its peak and paced runs together."""
+    return sum(int(run["non_2xx"]) for run in _runs(row))
+
+
+def run_errors(row: dict[str, Any]) -> int:
+    """Non-2xx answers and socket errors of a scenario, its peak and paced runs together."""
+    return run_non_2xx(row) + sum(sum(run["socket_errors"].values()) for run in _runs(row))
+
+
+def failed_statuses(row: dict[str, Any]) -> dict[str, int]:
+    """Each non-2xx status and how often it came, over the scenario's runs."""
+    total: dict[str, int] = {}
+    for run in _runs(row):
+        for code, count in (run.get("failed_statuses") or {}).items():
+            total[code] = total.get(code, 0) + int(count)
+    return total
 
 
 def _marks(targets: list[tuple[str, bool]]) -> str:
@@ -117,8 +138,8 @@ def markdown_table(result: dict[str, Any]) -> str:
                     _fmt(peak["latency_ms"]["p50"], 2),
                     _fmt(peak["latency_ms"]["p90"], 2),
                     _fmt(peak["latency_ms"]["p99"], 2),
-                    _fmt(peak["non_2xx"]),
-                    _fmt(sum(peak["socket_errors"].values())),
+                    _fmt(run_non_2xx(row)),
+                    _fmt(run_errors(row) - run_non_2xx(row)),
                     _fmt(row.get("max_rss_mb")),
                     _fmt(row.get("api_cpu_ms_per_request"), 2),
                     _fmt(row.get("sandbox_cpu_ms_per_request"), 2),
@@ -175,7 +196,7 @@ def verdicts(result: dict[str, Any]) -> list[dict[str, Any]]:
 
     charge = scenarios.get("charge")
     if charge and charge.get("ratio") is not None:
-        errors = charge["peak"]["non_2xx"] + sum(charge["peak"]["socket_errors"].values())
+        errors = run_errors(charge)
         out.append(
             {
                 "target": "charge >= 30% of its pgbench ceiling, zero errors",
@@ -183,6 +204,18 @@ def verdicts(result: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": charge["ratio"] >= TARGETS["charge_ratio"] and errors == 0,
             }
         )
+    failing = {name: run_errors(row) for name, row in scenarios.items() if run_errors(row)}
+    out.append(
+        {
+            "target": "zero non-2xx and socket errors in every run (peak and paced)",
+            "measured": ", ".join(
+                f"{name} {count} ({failed_statuses(scenarios[name]) or 'socket errors'})"
+                for name, count in failing.items()
+            )
+            or "none",
+            "met": not failing,
+        }
+    )
     read = scenarios.get("get_payment")
     if read and read.get("ratio") is not None:
         out.append(
@@ -259,7 +292,7 @@ def render(result: dict[str, Any]) -> str:
     if charge:
         check = charge.get("check", {})
         lines.append(
-            f"- charge: zero non-2xx: {'yes' if charge['peak']['non_2xx'] == 0 else 'NO'}; "
+            f"- charge: zero non-2xx: {'yes' if run_non_2xx(charge) == 0 else 'NO'}; "
             f"payments recorded {check.get('payments_created', '?')} for "
             f"{charge['peak']['requests']} answered requests "
             f"(statuses {check.get('statuses', {})})"

@@ -21,9 +21,41 @@ end
 
 -- setup() runs in the main Lua state once per thread, before the threads start.
 local thread_count = 0
+local all_threads = {}
 function setup(thread)
   thread_count = thread_count + 1
   thread:set("thread_no", thread_count)
+  table.insert(all_threads, thread)
+end
+
+-- The status of every answer outside 2xx, counted per thread (`failed_statuses`, read
+-- back in done()), so a non-2xx says what it was. A string "status=count,..." because
+-- thread:get copies only strings and numbers between Lua states.
+failed_statuses = ""
+local failed = {}
+function response(status, headers, body)
+  if status >= 300 then
+    failed[status] = (failed[status] or 0) + 1
+    local parts = {}
+    for code, count in pairs(failed) do
+      table.insert(parts, code .. "=" .. count)
+    end
+    failed_statuses = table.concat(parts, ",")
+  end
+end
+
+local function statuses_json()
+  local total = {}
+  for _, thread in ipairs(all_threads) do
+    for code, count in string.gmatch(thread:get("failed_statuses") or "", "(%d+)=(%d+)") do
+      total[code] = (total[code] or 0) + tonumber(count)
+    end
+  end
+  local parts = {}
+  for code, count in pairs(total) do
+    table.insert(parts, string.format('"%s":%d', code, count))
+  end
+  return "{" .. table.concat(parts, ",") .. "}"
 end
 
 -- Pacing (the wrk2-like part): each thread sends on a fixed schedule of
@@ -65,12 +97,12 @@ function done(summary, latency, requests)
     'BENCH_JSON {"requests":%d,"duration_us":%d,"bytes":%d,' ..
     '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},' ..
     '"latency_us":{"min":%d,"mean":%.1f,"stdev":%.1f,"max":%d,' ..
-    '"p50":%d,"p75":%d,"p90":%d,"p99":%d,"p999":%d}}\n',
+    '"p50":%d,"p75":%d,"p90":%d,"p99":%d,"p999":%d},"statuses":%s}\n',
     summary.requests, summary.duration, summary.bytes,
     e.connect, e.read, e.write, e.status, e.timeout,
     latency.min, latency.mean, latency.stdev, latency.max,
     latency:percentile(50), latency:percentile(75), latency:percentile(90),
-    latency:percentile(99), latency:percentile(99.9)))
+    latency:percentile(99), latency:percentile(99.9), statuses_json()))
 end
 
 -- Headers every request sends: `Authorization: Bearer <BENCH_API_KEY>` (the harness creates

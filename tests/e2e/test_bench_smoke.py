@@ -68,6 +68,9 @@ def test_bench_runs_every_scenario_and_both_ceilings(wrk_available: None, tmp_pa
     assert sorted(result["scenarios"]) == sorted(ALL_SCENARIOS)
     for name, row in result["scenarios"].items():
         assert row["peak"]["requests"] > 0, f"{name}: no requests answered"
+        for run in filter(None, (row["peak"], row.get("paced"))):
+            # wrk's non-2xx count and the Lua's per-status count of the same answers agree.
+            assert sum(run["failed_statuses"].values()) == run["non_2xx"], (name, run)
         assert f"| {name} |" in completed.stdout, f"{name}: no row in the printed table"
     for name in GET_SCENARIOS:
         runs = [result["scenarios"][name]["peak"]]
