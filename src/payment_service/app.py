@@ -109,7 +109,7 @@ def create_app(
             app.state.trip_client = await stack.enter_async_context(
                 TripClient(settings, tracer_provider=provider)
             )
-            gateway = build_gateway(settings)
+            gateway = build_gateway(settings, tracer_provider=provider)
             stack.push_async_callback(gateway.aclose)
             app.state.gateway = gateway
             dispatch = settings.outbox_enabled if run_dispatcher is None else run_dispatcher

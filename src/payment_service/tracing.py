@@ -4,9 +4,10 @@ When on, `create_app` (and `payment-service worker`) build a `TracerProvider`
 exporting over OTLP/HTTP and instrument:
 
 - the FastAPI app (a server span per request, `traceparent` accepted from callers);
-- every httpx client made afterwards (process-wide, so the Trip and Notification
-  clients and the Stripe SDK's own httpx client alike), which also forwards
-  `traceparent` to those peers;
+- the Trip, Notification and processor (Stripe SDK) calls: each `PeerClient` given the
+  provider wraps its transport in OpenTelemetry's httpx transport, which makes the
+  client span and forwards `traceparent`; any other httpx client made afterwards is
+  instrumented process-wide;
 - the SQLAlchemy engine (a span per statement).
 
 Outbox messages store the `traceparent` current when they were enqueued

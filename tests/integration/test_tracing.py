@@ -126,7 +126,7 @@ async def test_the_stripe_sdk_calls_are_traced_too(
     new_trip_id: Callable[[], int],
     exporter: tuple[TracerProvider, InMemorySpanExporter],
 ) -> None:
-    """The processor is reached through the SDK's own httpx client: it joins the trace too."""
+    """The processor, reached through the SDK over our peer transport, joins the trace too."""
     provider, memory = exporter
     settings = money_settings(
         database_url,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 import uuid
@@ -520,3 +521,19 @@ async def test_parse_webhook_ignores_other_event_types(gateway: StripeGateway) -
     headers = {"stripe-signature": sign_payload(payload, WEBHOOK_SECRET)}
 
     assert gateway.parse_webhook(payload.encode(), headers) is None
+
+
+async def test_processor_calls_leave_no_responses_to_the_collector(gateway: StripeGateway) -> None:
+    """The SDK talks through our peer transport: each response is freed as soon as it is
+    read (httpx.AsyncClient's left every one in a reference cycle for the collector)."""
+    await gateway.charge(attempt())  # the connection pool is warm
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(5):
+            result = await gateway.charge(attempt())
+            assert result.status is PaymentStatus.SUCCESS
+        left = [obj for obj in gc.get_objects() if isinstance(obj, httpx.Response)]
+    finally:
+        gc.enable()
+    assert left == []

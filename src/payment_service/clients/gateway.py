@@ -27,11 +27,14 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from payment_service.errors import ServiceUnavailableError
 from payment_service.models.enums import PaymentMethod, PaymentStatus, RefundStatus
 from payment_service.settings import Settings
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 SIMULATE_KEY = "simulate"
 FORCED = {
@@ -222,10 +225,13 @@ class SimulatedGateway:
         return PaymentStatus.SUCCESS
 
 
-def build_gateway(settings: Settings) -> PaymentGateway:
-    """The configured processor integration (the lifespan owns and closes it)."""
+def build_gateway(
+    settings: Settings, *, tracer_provider: TracerProvider | None = None
+) -> PaymentGateway:
+    """The configured processor integration (the lifespan owns and closes it); its calls
+    are traced with `tracer_provider` when one is given."""
     if settings.gateway == "simulator":
         return SimulatedGateway(settings)
     from payment_service.clients.stripe_gateway import StripeGateway
 
-    return StripeGateway(settings)
+    return StripeGateway(settings, tracer_provider=tracer_provider)

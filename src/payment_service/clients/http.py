@@ -9,6 +9,7 @@ only, so a transport on aiohttp is wrapped on its own when a tracer provider is 
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
@@ -69,7 +70,9 @@ class PeerClient:
         max_connections: int,
         transport: httpx.AsyncBaseTransport | None = None,
         tracer_provider: TracerProvider | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
+        self._verify = verify
         self._limits = httpx.Limits(
             max_connections=max_connections,
             max_keepalive_connections=max(1, max_connections // 5),
@@ -93,11 +96,22 @@ class PeerClient:
         content: bytes | None = None,
     ) -> httpx.Response:
         """`method path` (relative to the base URL), its body read; raises httpx's errors."""
+        return await self.fetch(method, self._base_url + path, headers=headers, content=content)
+
+    async def fetch(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+    ) -> httpx.Response:
+        """`method url` (absolute), its body read; raises httpx's errors."""
         if self._transport is None:
-            raise RuntimeError(f"{type(self).__name__} used outside its `async with` block")
+            raise RuntimeError(f"{type(self).__name__} used before `open` (or `async with`)")
         request = httpx.Request(
             method,
-            self._base_url + path,
+            url,
             headers={**self._headers, **headers} if headers else self._headers,
             content=content,
             extensions=self._extensions,
@@ -109,12 +123,15 @@ class PeerClient:
             await response.aclose()
         return response
 
-    async def __aenter__(self) -> Self:
+    def open(self) -> None:
+        """Make the transport (no I/O: aiohttp opens its session on the first request)."""
         if self._given_transport is not None:
             self._transport = self._given_transport
-            return self
+            return
         # A new one each time: closing it closes its aiohttp session for good.
-        transport: httpx.AsyncBaseTransport = AiohttpTransport(limits=self._limits)
+        transport: httpx.AsyncBaseTransport = AiohttpTransport(
+            limits=self._limits, verify=self._verify
+        )
         if self._tracer_provider is not None:
             from opentelemetry.instrumentation.httpx import AsyncOpenTelemetryTransport
 
@@ -122,6 +139,16 @@ class PeerClient:
                 transport, tracer_provider=self._tracer_provider
             )
         self._transport = transport
+
+    async def aclose(self) -> None:
+        """Close the transport this client made (a given one belongs to its giver)."""
+        if self._transport is not None:
+            if self._given_transport is None:
+                await self._transport.aclose()
+            self._transport = None
+
+    async def __aenter__(self) -> Self:
+        self.open()
         return self
 
     async def __aexit__(
@@ -130,7 +157,4 @@ class PeerClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._transport is not None:
-            if self._given_transport is None:
-                await self._transport.aclose()
-            self._transport = None
+        await self.aclose()

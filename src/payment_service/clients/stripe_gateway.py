@@ -1,4 +1,4 @@
-"""The Stripe adapter: `PaymentGateway` over the official `stripe` SDK (async, httpx transport).
+"""The Stripe adapter: `PaymentGateway` over the official `stripe` SDK (async, on aiohttp).
 
 A charge is one PaymentIntent created with `confirm=true` and the payment's own
 gateway idempotency key as `Idempotency-Key`; a refund is one Refund with the
@@ -25,12 +25,15 @@ real integration passes the rider's saved method, per charge, as metadata
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import Mapping
+import ssl
+from collections.abc import AsyncIterable, Awaitable, Mapping
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import httpx
 import stripe
 
 from payment_service.clients.gateway import (
@@ -44,8 +47,12 @@ from payment_service.clients.gateway import (
     RefundAttempt,
     RefundResult,
 )
+from payment_service.clients.http import PeerClient
 from payment_service.models.enums import PaymentStatus, RefundStatus
 from payment_service.settings import ConfigurationError, Settings
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 log = logging.getLogger(__name__)
 
@@ -126,12 +133,23 @@ class StripeGateway:
 
     name = "stripe"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, *, tracer_provider: TracerProvider | None = None
+    ) -> None:
         if settings.stripe_api_key is None:
             raise ConfigurationError(
                 "GATEWAY=stripe needs STRIPE_API_KEY (or set GATEWAY=simulator)"
             )
-        self._http = stripe.HTTPXClient(timeout=settings.stripe_timeout_seconds)
+        self._peer = PeerClient(
+            base_url=settings.stripe_api_base,
+            timeout=settings.stripe_timeout_seconds,
+            connect_timeout=settings.stripe_timeout_seconds,
+            max_connections=100,
+            tracer_provider=tracer_provider,
+            verify=ssl.create_default_context(cafile=stripe.ca_bundle_path),
+        )
+        self._peer.open()
+        self._http = PeerHTTPClient(self._peer)
         self._client = stripe.StripeClient(
             settings.stripe_api_key.get_secret_value(),
             base_addresses={"api": settings.stripe_api_base},
@@ -450,8 +468,49 @@ class StripeGateway:
         )
 
     async def aclose(self) -> None:
-        """Close the SDK's httpx client (the app's lifespan owns the gateway)."""
-        await self._http.close_async()
+        """Close the connection pool to the processor (the app's lifespan owns the gateway)."""
+        await self._peer.aclose()
+
+
+class PeerHTTPClient(stripe.HTTPClient):
+    """The SDK's HTTP client over one of our `PeerClient`s (the aiohttp transport).
+
+    The SDK's own `HTTPXClient` sends through `httpx.AsyncClient`, which costs more
+    CPU than the request itself (see `clients/http`) and leaves every response in a
+    reference cycle (response -> stream -> response): ~400 objects a second for the
+    collector at 160 charges/s. The SDK still builds, signs, retries and parses;
+    this only moves the bytes, with the same tracing as our other peers.
+    """
+
+    name = "payment-service"
+
+    def __init__(self, peer: PeerClient) -> None:
+        super().__init__()
+        self._peer = peer
+
+    def sleep_async(self, secs: float) -> Awaitable[None]:
+        return asyncio.sleep(secs)
+
+    async def request_async(
+        self, method: str, url: str, headers: Mapping[str, str], post_data: Any = None
+    ) -> tuple[bytes, int, Mapping[str, str]]:
+        content = post_data.encode() if isinstance(post_data, str) else post_data
+        try:
+            response = await self._peer.fetch(method, url, headers=headers, content=content)
+        except (httpx.HTTPError, OSError) as exc:
+            raise stripe.APIConnectionError(
+                f"Could not reach the payment processor ({type(exc).__name__}).",
+                should_retry=True,
+            ) from exc
+        return response.content, response.status_code, response.headers
+
+    async def request_stream_async(
+        self, method: str, url: str, headers: Mapping[str, str], post_data: Any = None
+    ) -> tuple[AsyncIterable[bytes], int, Mapping[str, str]]:
+        raise NotImplementedError("the Stripe adapter reads no streamed responses")
+
+    async def close_async(self) -> None:
+        await self._peer.aclose()
 
 
 def _plain(obj: Any) -> dict[str, Any]:

@@ -417,14 +417,13 @@ async def run_worker(settings: Settings, url: URL) -> None:
     from payment_service.db import create_engine, create_session_factory
     from payment_service.worker.reconciler import Reconciler
 
-    # Before any httpx client exists, so the Stripe SDK's is traced too.
     provider = tracing.provider_from_settings(settings)
     if provider is not None:
         tracing.enable(provider)
     engine = create_engine(settings, url)
     if provider is not None:
         tracing.instrument_engine(engine, provider)
-    gateway = build_gateway(settings)
+    gateway = build_gateway(settings, tracer_provider=provider)
     try:
         session_factory = create_session_factory(engine)
         dispatcher = OutboxDispatcher(settings, session_factory, tracer_provider=provider)
