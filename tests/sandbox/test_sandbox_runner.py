@@ -248,3 +248,26 @@ def test_webhook_options_fall_back_to_the_environment() -> None:
     assert isinstance(config, SandboxConfig)
     assert config.processor_webhook_url == "http://127.0.0.1:9/hooks"
     assert config.processor_webhook_secret == "whsec_from_env"
+
+
+async def test_the_standalone_sandbox_keeps_its_servers_out_of_full_collections(
+    trips_file: Path,
+) -> None:
+    """`payment-service sandbox` freezes what it built once serving (its full collections
+    stopped every peer for 60-90 ms under `make bench`) and unfreezes when it stops."""
+    import gc
+
+    from payment_sandbox.runner import run_sandbox
+
+    serving = asyncio.create_task(run_sandbox(_config(trips_file), handle_signals=False))
+    try:
+        for _ in range(500):
+            if gc.get_freeze_count() > 0:
+                break
+            await asyncio.sleep(0.01)
+        assert gc.get_freeze_count() > 0
+    finally:
+        serving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await serving
+    assert gc.get_freeze_count() == 0
