@@ -7,12 +7,13 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Request, Response
 
 from payment_service import SERVICE_NAME, __version__
+from payment_service.api.routing import LeanRoute
 from payment_service.errors import problem_responses
 from payment_service.jsonutil import MoneyJSONResponse, dumps, utc_timestamp
 from payment_service.schemas.health import Health, Readiness
 from payment_service.services.health import expected_revision, not_ready_reason
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=LeanRoute)
 
 
 @router.get(
