@@ -152,13 +152,15 @@ def create_app(
     )
     app.state.settings = settings
     install_error_handlers(app)
-    install_docs(app)
     for module in (health, payments, charges, refunds, tips, ledger, receipts, webhooks):
         document_scopes(module.router)
         # The routers' routes, not the routers: each already carries its router's prefix,
         # tags and dependencies, and an included router is one more layer of matching
         # (FastAPI's _IncludedRouter) on every request.
         app.router.routes.extend(module.router.routes)
+    # After the API: routing tries routes in order, so the docs, their assets and the
+    # problem catalogue cost the API's requests no matching.
+    install_docs(app)
 
     init_metric_series()
     # HTTP metrics live in a registry of this app (a second app in one process, as in
