@@ -11,9 +11,11 @@ Steps:
    bench/pgbench/*.sql;
 4. per scenario: a warm-up, a peak run (wrk as fast as the connections allow, worker RSS
    sampled), then a paced run at half that peak rate (p99 at half load);
-5. the API is stopped, then pgbench runs charge.sql and point_read.sql with the same
-   client count and duration;
-6. one Markdown table on stdout, the whole run in bench/results/<timestamp>.json.
+5. the API is stopped; the `bare_get` reference (bench/reference_app.py: the same GET's
+   statement and JSON on a bare ASGI app under the same uvicorn, checked to answer what
+   the service answered) runs like a scenario, to show what any app on uvicorn reaches;
+6. pgbench runs charge.sql and point_read.sql with the same client count and duration;
+7. one Markdown table on stdout, the whole run in bench/results/<timestamp>.json.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ class Scenario:
     ceiling: str
     service_env: tuple[tuple[str, str], ...] = ()
     """Settings of the service this scenario needs (a second `serve` runs it)."""
+    reference: bool = False
+    """Served by `bench/reference_app.py`, not the service: a yardstick for its row."""
 
 
 SCENARIOS = {
@@ -82,6 +86,14 @@ SCENARIOS = {
         ),
         Scenario("health", "health", "GET /health", "point_read"),
         Scenario("floor", "health_live", "GET /health/live (framework floor)", "point_read"),
+        Scenario(
+            "bare_get",
+            "get_payment",
+            "GET /v1/payments/{id} from bench/reference_app.py: the same statement and JSON,"
+            " no framework (a reference, not the service)",
+            "point_read",
+            reference=True,
+        ),
     )
 }
 
@@ -228,6 +240,7 @@ class Bench:
         self.pgbench_runs = 0
         self.replay_body = ""
         self.replay_payment_id = 0
+        self.primed: dict[str, bytes] = {}
         self.api_key = ""
         self.auth: dict[str, str] = {}
 
@@ -294,8 +307,10 @@ class Bench:
                 self.auth = {"Authorization": f"Bearer {self.api_key}"}
                 self.server = server
                 groups: dict[tuple[tuple[str, str], ...], list[str]] = {}
+                references = [name for name in args.scenario_list if SCENARIOS[name].reference]
                 for name in args.scenario_list:
-                    groups.setdefault(SCENARIOS[name].service_env, []).append(name)
+                    if name not in references:
+                        groups.setdefault(SCENARIOS[name].service_env, []).append(name)
                 for extra_env, names in sorted(groups.items(), key=lambda item: len(item[0])):
                     # The simulator gateway (in-process) unless a scenario asks for stripe.
                     overrides = {"GATEWAY": "simulator", **args.service_env, **dict(extra_env)}
@@ -316,6 +331,15 @@ class Bench:
                             self._capture_sql(server, service, result)
                         for name in names:
                             result["scenarios"][name] = self._scenario(SCENARIOS[name], service)
+                if references:
+                    with stack.running_reference(
+                        db, self.workdir, args.workers, self.api_key, args.connections
+                    ) as reference:
+                        self.log(f"reference app on {reference.base_url}, {args.workers} worker(s)")
+                        self._check_reference(reference)
+                        for name in references:
+                            row = self._scenario(SCENARIOS[name], reference)
+                            result["scenarios"][name] = {**row, "reference": True}
                 result["scenarios"] = {
                     name: result["scenarios"][name] for name in args.scenario_list
                 }
@@ -345,7 +369,22 @@ class Bench:
         self.replay_body = json.dumps(body, separators=(",", ":"))
         with httpx.Client(base_url=service.base_url, timeout=10, headers=self.auth) as http:
             for path in ("/health", "/v1/payments/1", "/v1/payments?status=SUCCESS&limit=10"):
-                http.get(path).raise_for_status()
+                response = http.get(path)
+                response.raise_for_status()
+                self.primed[path] = response.content
+
+    def _check_reference(self, reference: stack.Service) -> None:
+        """The reference must answer what the service answered (same statement, same JSON),
+        else its row would measure something else."""
+        path = "/v1/payments/1"
+        with httpx.Client(base_url=reference.base_url, timeout=10, headers=self.auth) as http:
+            answer = http.get(path)
+        expected = self.primed.get(path)
+        if answer.status_code != 200 or (expected is not None and answer.content != expected):
+            raise BenchError(
+                f"bench/reference_app.py answered GET {path} with {answer.status_code} "
+                f"{answer.content[:200]!r}, the service with {expected!r}"
+            )
 
     def _capture_sql(
         self, server: stack.Postgres, service: stack.Service, result: dict[str, Any]
@@ -439,7 +478,7 @@ class Bench:
         meter = loadgen.CpuMeter(
             {
                 "api": lambda: [service.api.pid],
-                "sandbox": lambda: [service.sandbox.pid],
+                "sandbox": lambda: [service.sandbox.pid] if service.sandbox else [],
                 "postgres": self.server.postmaster_pids,
             }
         )
@@ -488,7 +527,7 @@ class Bench:
             env["BENCH_TRIP_BASE"] = str(self.charge_runs * TRIP_BLOCK)
         elif scenario.name == "replay":
             env["BENCH_REPLAY_BODY"] = self.replay_body
-        elif scenario.name == "get_payment":
+        elif scenario.script == "get_payment":
             env["BENCH_IDS_FILE"] = str(self._ids_file())
         return loadgen.run_wrk(
             wrk=self.wrk,

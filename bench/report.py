@@ -133,7 +133,7 @@ def markdown_table(result: dict[str, Any]) -> str:
             "| "
             + " | ".join(
                 [
-                    f"{name}",
+                    f"{name} (reference)" if row.get("reference") else name,
                     _fmt(peak["rps"]),
                     _fmt(peak["latency_ms"]["p50"], 2),
                     _fmt(peak["latency_ms"]["p90"], 2),
@@ -340,6 +340,14 @@ def render(result: dict[str, Any]) -> str:
         lines.append(
             "- API CPU per request (ms, workers + dispatcher): "
             + ", ".join(f"{name} {ms:.2f}" for name, ms in per_request.items())
+        )
+    bare, read = result["scenarios"].get("bare_get"), result["scenarios"].get("get_payment")
+    if bare and read and bare["peak"]["rps"]:
+        lines.append(
+            f"- get_payment answered {read['peak']['rps'] / bare['peak']['rps']:.0%} of the bare "
+            f"reference's rate ({_fmt(read['peak']['rps'])} against "
+            f"{_fmt(bare['peak']['rps'])} req/s; the reference reaches "
+            f"{_pct(bare.get('ratio'))} of the point-read ceiling)"
         )
     round_trips = result.get("round_trips")
     if round_trips:

@@ -284,11 +284,12 @@ def wait_http(url: str, process: Process, timeout: float = STARTUP_TIMEOUT_SECON
 
 @dataclass
 class Service:
-    """The running API (and its sandbox Trip/Notification/processor peers)."""
+    """The running API (and its sandbox Trip/Notification/processor peers; none for the
+    bare reference app)."""
 
     base_url: str
     api: Process
-    sandbox: Process
+    sandbox: Process | None
     workers: int
     env: dict[str, str]
 
@@ -391,6 +392,56 @@ def running_service(
     finally:
         for process in reversed(processes):
             process.stop()
+
+
+@contextlib.contextmanager
+def running_reference(
+    database_url: URL, workdir: Path, workers: int, api_key: str, connections: int
+) -> Iterator[Service]:
+    """`bench/reference_app.py` under uvicorn as `serve` runs the service (httptools,
+    uvloop, N workers, no access log), its pool sharing the wrk connections out."""
+    logdir = workdir / "logs"
+    logdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {
+        "BENCH_REFERENCE_DSN": asyncpg_dsn(database_url),
+        "BENCH_REFERENCE_KEY": api_key,
+        "BENCH_REFERENCE_POOL": str(max(1, -(-connections // workers))),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    reference = start_process(
+        "reference",
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench.reference_app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--http",
+            "httptools",
+            "--loop",
+            "uvloop",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        cwd=workdir,
+        logdir=logdir,
+    )
+    try:
+        base_url = f"http://127.0.0.1:{port}"
+        wait_http(f"{base_url}/health/live", reference)
+        service = Service(base_url, reference, None, workers, env)
+        _wait_workers(service)
+        yield service
+    finally:
+        reference.stop()
 
 
 def _wait_workers(service: Service, timeout: float = STARTUP_TIMEOUT_SECONDS) -> None:

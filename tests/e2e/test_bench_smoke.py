@@ -1,8 +1,8 @@
 """`python -m bench` (make bench) keeps working: a couple of seconds per scenario, no timings.
 
 It starts its own PostgreSQL database (on TEST_DATABASE_URL's server when given, else
-embedded), sandbox and `payment-service serve`, drives every scenario with wrk and runs
-both pgbench ceilings. Asserted: every scenario produced a row with requests, the GET
+embedded), sandbox and `payment-service serve`, drives every scenario with wrk (the bare
+reference app's included) and runs both pgbench ceilings. Asserted: every scenario produced a row with requests, the GET
 scenarios had no socket errors and no non-2xx, both ceilings ran without failed
 transactions, and (embedded server) the pgbench scripts still match the SQL the service
 sends. Throughput and latency are never asserted.
@@ -24,7 +24,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-GET_SCENARIOS = ("get_payment", "list_payments", "health", "floor")
+GET_SCENARIOS = ("get_payment", "list_payments", "health", "floor", "bare_get")
 ALL_SCENARIOS = ("charge", "charge_stripe", "replay", *GET_SCENARIOS)
 BENCH_TIMEOUT_SECONDS = 280
 
@@ -71,7 +71,8 @@ def test_bench_runs_every_scenario_and_both_ceilings(wrk_available: None, tmp_pa
         for run in filter(None, (row["peak"], row.get("paced"))):
             # wrk's non-2xx count and the Lua's per-status count of the same answers agree.
             assert sum(run["failed_statuses"].values()) == run["non_2xx"], (name, run)
-        assert f"| {name} |" in completed.stdout, f"{name}: no row in the printed table"
+        label = f"{name} (reference)" if name == "bare_get" else name
+        assert f"| {label} |" in completed.stdout, f"{name}: no row in the printed table"
     for name in GET_SCENARIOS:
         runs = [result["scenarios"][name]["peak"]]
         if paced := result["scenarios"][name].get("paced"):
@@ -79,6 +80,8 @@ def test_bench_runs_every_scenario_and_both_ceilings(wrk_available: None, tmp_pa
         for run in runs:
             assert run["non_2xx"] == 0, f"{name}: {run['non_2xx']} non-2xx answers"
             assert sum(run["socket_errors"].values()) == 0, f"{name}: {run['socket_errors']}"
+
+    assert "of the bare reference's rate" in completed.stdout
 
     for script in ("charge", "point_read"):
         ceiling = result["ceilings"][script]
