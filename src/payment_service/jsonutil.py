@@ -29,9 +29,12 @@ _OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME
 
 def utc_timestamp(value: datetime) -> str:
     """A datetime as `dumps` writes it: ISO 8601 in UTC with `Z` (naive means UTC)."""
-    if value.tzinfo is None:
+    zone = value.tzinfo
+    if zone is None:
         value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    elif zone is not UTC:  # asyncpg's timestamptz values are in UTC already
+        value = value.astimezone(UTC)
+    return value.isoformat()[:-6] + "Z"  # "+00:00", the one offset it can end with
 
 
 def _default(value: Any) -> Any:

@@ -2,10 +2,10 @@
 
 It starts its own PostgreSQL database (on TEST_DATABASE_URL's server when given, else
 embedded), sandbox and `payment-service serve`, drives every scenario with wrk (the bare
-reference app's included) and runs both pgbench ceilings. Asserted: every scenario produced a row with requests, the GET
-scenarios had no socket errors and no non-2xx, both ceilings ran without failed
-transactions, and (embedded server) the pgbench scripts still match the SQL the service
-sends. Throughput and latency are never asserted.
+reference app's included) and runs both pgbench ceilings. Asserted: every scenario
+produced a row with requests, the GET scenarios had no socket errors and no non-2xx,
+both ceilings ran without failed transactions, and (embedded server) the pgbench scripts
+still match the SQL the service sends. Throughput and latency are never asserted.
 
 wrk is a system package (`apt-get install -y wrk`): without it the test is skipped
 locally and fails under CI (`CI=true`), where it must be installed.

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from payment_service.jsonutil import _simplejson_dumps, dumps, loads
+from payment_service.jsonutil import _simplejson_dumps, dumps, loads, utc_timestamp
 from payment_service.models.enums import PaymentMethod, PaymentStatus
 
 
@@ -94,3 +94,19 @@ def test_a_decimal_that_is_no_number_is_refused(value: Decimal) -> None:
 def test_an_unknown_type_is_a_type_error() -> None:
     with pytest.raises(TypeError):
         dumps({"x": object()})
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(2024, 12, 2, 21, 1, 6),
+        datetime(2024, 12, 2, 21, 1, 6, 123456, tzinfo=UTC),
+        datetime(2024, 12, 2, 21, 1, 6, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+        datetime(2024, 6, 1, 12, tzinfo=timezone(timedelta(hours=-7))),
+        datetime(1, 1, 1, 0, 0, 0, 1, tzinfo=UTC),
+    ],
+)
+def test_utc_timestamp_is_iso_8601_in_utc_with_z(moment: datetime) -> None:
+    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    assert utc_timestamp(moment) == aware.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    assert utc_timestamp(moment).endswith("Z")

@@ -8,9 +8,14 @@ from collections.abc import Callable, Coroutine, Sequence
 from decimal import Decimal
 from typing import Any, Protocol
 
-from fastapi import Request, Response
+from fastapi import Request, Response, params
+from fastapi._compat import ModelField
 from fastapi.dependencies.models import Dependant
-from fastapi.dependencies.utils import get_typed_return_annotation, request_params_to_args
+from fastapi.dependencies.utils import (
+    get_typed_return_annotation,
+    get_validation_alias,
+    request_params_to_args,
+)
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.types import Receive, Scope, Send
@@ -56,17 +61,19 @@ class LeanRoute(APIRoute):
 class LeanPlan:
     """What a lean route does per request, worked out once from its Dependant."""
 
-    __slots__ = ("call", "guards", "params", "request_param")
+    __slots__ = ("call", "guards", "params", "path_fields", "request_param")
 
     def __init__(
         self,
         call: Callable[..., Coroutine[Any, Any, Response]],
         guards: Sequence[tuple[str | None, Callable[[Request], Coroutine[Any, Any, Any]]]],
+        path_fields: Sequence[tuple[ModelField, str]],
         params: Sequence[tuple[str, Sequence[Any]]],
         request_param: str | None,
     ) -> None:
         self.call = call
         self.guards = tuple(guards)
+        self.path_fields = tuple(path_fields)
         self.params = tuple(params)
         self.request_param = request_param
 
@@ -96,17 +103,25 @@ class LeanPlan:
                 return None
             seen.append(sub_call)
             guards.append((sub.name, _bound_to_request(sub_call, sub.request_param_name)))
-        params = [
+        path_fields = [
+            (field, get_validation_alias(field))
+            for field in dependant.path_params
+            if isinstance(field.field_info, params.Path)
+            and field.field_info.validation_alias is None
+        ]
+        if len(path_fields) != len(dependant.path_params):
+            path_fields = []  # an alias path or choices: FastAPI's own reading for all
+        params_by_source = [
             (source, fields)
             for source, fields in (
-                ("path", dependant.path_params),
+                ("path", [] if path_fields else dependant.path_params),
                 ("query", dependant.query_params),
                 ("header", dependant.header_params),
                 ("cookie", dependant.cookie_params),
             )
             if fields
         ]
-        return cls(call, guards, params, dependant.request_param_name)
+        return cls(call, guards, path_fields, params_by_source, dependant.request_param_name)
 
     async def run(self, request: Request) -> Response:
         """Dependencies first, then the parameters, as `solve_dependencies` orders them."""
@@ -116,6 +131,20 @@ class LeanPlan:
             if name is not None:
                 values[name] = solved
         errors: list[Any] = []
+        if self.path_fields:
+            # What request_params_to_args does for a path parameter the router matched (a
+            # string, always present), without its per-request look at the annotation.
+            path_params = request.path_params
+            found: dict[str, Any] = {}
+            for field, key in self.path_fields:
+                raw = path_params.get(key)
+                if raw is None:
+                    value, failed = request_params_to_args([field], path_params)
+                    found.update(value)
+                else:
+                    found[field.name], failed = field.validate(raw, found, loc=("path", key))
+                errors += failed
+            values.update(found)
         for source, fields in self.params:
             found, failed = request_params_to_args(fields, _received(request, source))
             values.update(found)

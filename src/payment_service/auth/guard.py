@@ -19,7 +19,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Security
 from fastapi.routing import APIRoute
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
@@ -65,11 +66,10 @@ class Guard:
         self.keys = keys
         self.limiter = limiter
 
-    async def identify(self, credentials: HTTPAuthorizationCredentials | None) -> Caller | str:
+    async def identify(self, key: str | None) -> Caller | str:
         """The caller, or why there is none (a 401 detail)."""
-        if credentials is None:
+        if key is None:
             return "Send an API key: Authorization: Bearer <key>."
-        key = credentials.credentials
         try:
             caller = await self.keys.caller_for(key)
         except (DBAPIError, PoolTimeoutError, OSError, TimeoutError) as exc:
@@ -89,12 +89,12 @@ class Guard:
     async def authorize(
         self,
         request: Request,
-        credentials: HTTPAuthorizationCredentials | None,
+        key: str | None,
         scope: str,
     ) -> Caller:
-        found = await self.identify(credentials)
+        found = await self.identify(key)
         caller = found if isinstance(found, Caller) else None
-        if caller is None and not self.auth_required and credentials is None:
+        if caller is None and not self.auth_required and key is None:
             caller = DEFAULT_CALLER
         if caller is not None and caller.authenticated:
             identity = f"client:{caller.client_id}"
@@ -121,9 +121,9 @@ class ScopeGuard(HTTPBearer):
     """The dependency authorising `scope`: `Security(ScopeGuard("read"))` on a route.
 
     It is FastAPI's HTTPBearer (so OpenAPI documents the `apiKey` scheme on every
-    guarded operation, as before) that also authorises. One dependency node rather
-    than a scope function over `Security(bearer)`: FastAPI solves the dependency tree
-    on every request, each level a full pass over its parameters.
+    guarded operation) that also authorises, reading the key with `bearer_key`. One
+    dependency node rather than a scope function over `Security(bearer)`: FastAPI solves
+    the dependency tree on every request, each level a full pass over its parameters.
     """
 
     def __init__(self, scope: str) -> None:
@@ -137,9 +137,25 @@ class ScopeGuard(HTTPBearer):
         self.__name__ = f"require_{scope}_scope"
 
     async def __call__(self, request: Request) -> Caller:  # type: ignore[override]
-        credentials = await super().__call__(request)
         guard: Guard = request.app.state.guard
-        return await guard.authorize(request, credentials, self.required_scope)
+        return await guard.authorize(request, bearer_key(request), self.required_scope)
+
+
+def bearer_key(request: Request) -> str | None:
+    """The key of `Authorization: Bearer <key>`, read as HTTPBearer(auto_error=False) reads
+    it (the first Authorization field; the scheme in any case; None when absent or not
+    Bearer), straight from the ASGI headers: HTTPBearer builds the request's Headers and a
+    pydantic HTTPAuthorizationCredentials for every request."""
+    for name, value in request.scope["headers"]:
+        if name == b"authorization":
+            authorization = value.decode("latin-1")
+            break
+    else:
+        return None
+    scheme, key = get_authorization_scheme_param(authorization)
+    if not (authorization and scheme and key) or scheme.lower() != "bearer":
+        return None
+    return key
 
 
 _SCOPE_DEPENDENCIES = {scope: ScopeGuard(scope) for scope in ("read", "charge", "refund")}
