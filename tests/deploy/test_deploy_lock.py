@@ -47,7 +47,8 @@ def test_an_unlocked_dependency_stops_make_test_with_one_line(tmp_path: Path) ->
     folder = copy_project(tmp_path)
     pyproject = folder / "pyproject.toml"
     text = pyproject.read_text()
-    pyproject.write_text(text.replace('"stripe>=12",', '"stripe>=12",\n    "orjson>=3.10",', 1))
+    # A package the project does not depend on (orjson, the earlier choice, now is one).
+    pyproject.write_text(text.replace('"stripe>=12",', '"stripe>=12",\n    "msgspec>=0.18",', 1))
     result = make_in(folder, "test")
     assert result.returncode != 0
     assert result.stderr.splitlines()[0] == (
