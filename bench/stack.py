@@ -384,11 +384,7 @@ def running_service(
             logdir=logdir,
         )
         processes.append(api)
-        base_url = f"http://127.0.0.1:{api_port}"
-        wait_http(f"{base_url}/health/ready", api)
-        service = Service(base_url, api, sandbox, workers, env)
-        _wait_workers(service)
-        yield service
+        yield _ready(api, api_port, "/health/ready", sandbox, workers, env)
     finally:
         for process in reversed(processes):
             process.stop()
@@ -435,13 +431,25 @@ def running_reference(
         logdir=logdir,
     )
     try:
-        base_url = f"http://127.0.0.1:{port}"
-        wait_http(f"{base_url}/health/live", reference)
-        service = Service(base_url, reference, None, workers, env)
-        _wait_workers(service)
-        yield service
+        yield _ready(reference, port, "/health/live", None, workers, env)
     finally:
         reference.stop()
+
+
+def _ready(
+    process: Process,
+    port: int,
+    ready_path: str,
+    sandbox: Process | None,
+    workers: int,
+    env: dict[str, str],
+) -> Service:
+    """The started server as a Service, once `ready_path` answers and every worker is up."""
+    base_url = f"http://127.0.0.1:{port}"
+    wait_http(f"{base_url}{ready_path}", process)
+    service = Service(base_url, process, sandbox, workers, env)
+    _wait_workers(service)
+    return service
 
 
 def _wait_workers(service: Service, timeout: float = STARTUP_TIMEOUT_SECONDS) -> None:
