@@ -33,8 +33,9 @@ class LeanRoute(APIRoute):
     when all it takes is the request, parameters from the path, query, headers or
     cookies, and dependencies that themselves take only the request (the scope guard);
     its endpoint must be a coroutine returning a Response. Its handler then calls those
-    dependencies, validates the parameters with FastAPI's own `request_params_to_args`
-    (so a bad value is the same 422, errors in the same order) and awaits the endpoint.
+    dependencies, validates the parameters as FastAPI does (each path parameter with its
+    ModelField, the others with `request_params_to_args`, so a bad value is the same 422,
+    errors in the same order) and awaits the endpoint.
     Anything else (a body, a yield dependency, a Depends with parameters, dependency
     overrides set on the app, as tests do) takes FastAPI's own path, unchanged; the
     OpenAPI document comes from the same Dependant either way.
@@ -42,7 +43,7 @@ class LeanRoute(APIRoute):
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         super().__init__(path, endpoint, **kwargs)
-        self.lean_plan = LeanPlan.of(self.dependant)
+        self.lean_plan = LeanPlan.of(self.dependant, set(self.param_convertors))
         if self.lean_plan is not None and self.app is not None:
             self.stock_app = self.app  # FastAPI's own (dependency overrides take it)
             self.app = self._lean_app
@@ -78,10 +79,11 @@ class LeanPlan:
         self.request_param = request_param
 
     @classmethod
-    def of(cls, dependant: Dependant) -> LeanPlan | None:
-        """The plan for `dependant`, or None when the route needs FastAPI's own handler."""
+    def of(cls, dependant: Dependant, path_names: set[str]) -> LeanPlan | None:
+        """The plan for `dependant` on a route whose path template names `path_names`, or
+        None when the route needs FastAPI's own handler."""
         call = dependant.call
-        if call is None or not _is_coroutine_function(call) or dependant.body_params:
+        if call is None or not _is_coroutine_function(call):
             return None
         if _uses_more_than_the_request(dependant, ignore_params=True):
             return None
@@ -103,18 +105,17 @@ class LeanPlan:
                 return None
             seen.append(sub_call)
             guards.append((sub.name, _bound_to_request(sub_call, sub.request_param_name)))
-        path_fields = [
-            (field, get_validation_alias(field))
-            for field in dependant.path_params
-            if isinstance(field.field_info, params.Path)
-            and field.field_info.validation_alias is None
-        ]
-        if len(path_fields) != len(dependant.path_params):
-            path_fields = []  # an alias path or choices: FastAPI's own reading for all
+        path_fields = [(field, get_validation_alias(field)) for field in dependant.path_params]
+        if any(
+            not isinstance(field.field_info, params.Path)
+            or field.field_info.validation_alias is not None
+            or key not in path_names
+            for field, key in path_fields
+        ):
+            return None  # an alias path or choices, or a name the template lacks
         params_by_source = [
             (source, fields)
             for source, fields in (
-                ("path", [] if path_fields else dependant.path_params),
                 ("query", dependant.query_params),
                 ("header", dependant.header_params),
                 ("cookie", dependant.cookie_params),
@@ -131,20 +132,15 @@ class LeanPlan:
             if name is not None:
                 values[name] = solved
         errors: list[Any] = []
-        if self.path_fields:
-            # What request_params_to_args does for a path parameter the router matched (a
-            # string, always present), without its per-request look at the annotation.
-            path_params = request.path_params
-            found: dict[str, Any] = {}
-            for field, key in self.path_fields:
-                raw = path_params.get(key)
-                if raw is None:
-                    value, failed = request_params_to_args([field], path_params)
-                    found.update(value)
-                else:
-                    found[field.name], failed = field.validate(raw, found, loc=("path", key))
+        # What request_params_to_args ends in for a path parameter, which the router
+        # always matched (a string), without its per-request look at the annotation.
+        path_params = request.path_params
+        for field, key in self.path_fields:
+            value, failed = field.validate(path_params[key], values, loc=("path", key))
+            if failed:
                 errors += failed
-            values.update(found)
+            else:
+                values[field.name] = value
         for source, fields in self.params:
             found, failed = request_params_to_args(fields, _received(request, source))
             values.update(found)
@@ -157,8 +153,6 @@ class LeanPlan:
 
 
 def _received(request: Request, source: str) -> Any:
-    if source == "path":
-        return request.path_params
     if source == "query":
         return request.query_params
     if source == "header":
