@@ -46,6 +46,8 @@ TRIP_BLOCK = 1_000_000_000
 """Each wrk charge run gets trips [k * TRIP_BLOCK, (k+1) * TRIP_BLOCK); threads split it."""
 PGBENCH_TRIP_BLOCK = 1_000_000_000_000
 DRAIN_TIMEOUT_SECONDS = 60.0
+REFERENCE_PATH = "/v1/payments/1"
+"""The request whose answer the bare_get reference must share with the service."""
 
 
 @dataclass(frozen=True)
@@ -240,7 +242,8 @@ class Bench:
         self.pgbench_runs = 0
         self.replay_body = ""
         self.replay_payment_id = 0
-        self.primed: dict[str, bytes] = {}
+        self.primed_payment: bytes | None = None
+        """GET /v1/payments/1 as the service answered it: the reference must answer alike."""
         self.api_key = ""
         self.auth: dict[str, str] = {}
 
@@ -371,19 +374,19 @@ class Bench:
             for path in ("/health", "/v1/payments/1", "/v1/payments?status=SUCCESS&limit=10"):
                 response = http.get(path)
                 response.raise_for_status()
-                self.primed[path] = response.content
+                if path == REFERENCE_PATH:
+                    self.primed_payment = response.content
 
     def _check_reference(self, reference: stack.Service) -> None:
         """The reference must answer what the service answered (same statement, same JSON),
         else its row would measure something else."""
-        path = "/v1/payments/1"
         with httpx.Client(base_url=reference.base_url, timeout=10, headers=self.auth) as http:
-            answer = http.get(path)
-        expected = self.primed.get(path)
+            answer = http.get(REFERENCE_PATH)
+        expected = self.primed_payment
         if answer.status_code != 200 or (expected is not None and answer.content != expected):
             raise BenchError(
-                f"bench/reference_app.py answered GET {path} with {answer.status_code} "
-                f"{answer.content[:200]!r}, the service with {expected!r}"
+                f"bench/reference_app.py answered GET {REFERENCE_PATH} with "
+                f"{answer.status_code} {answer.content[:200]!r}, the service with {expected!r}"
             )
 
     def _capture_sql(
